@@ -1,0 +1,15 @@
+"""Small components the bundle configs reference (`_target_: custom....`): network, data, freezing, metrics.
+
+Submodules load on first attribute access, so a config's `$import custom` makes `custom.data.…` usable.
+"""
+
+import importlib
+
+__all__ = ["adapters", "cc359", "checkpoints", "data", "freeze", "handlers", "metrics", "networks", "splits",
+           "transforms"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,78 @@
+"""Weight files: atomic saving, tensor-only loading, hashes, and finding the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["atomic_save", "initial_weights", "latest", "load_state_dict", "sha256"]
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_state_dict(path: str | Path, map_location="cpu") -> dict[str, torch.Tensor]:
+    """A model state dict from a weights file, loaded as tensors only (never unpickling code).
+
+    Accepts a bare state dict or a checkpoint holding one under ``"model"`` (the MONAI Label format).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, or a pickle with code in it
+        raise ValueError(f"{path}: not a readable tensor-only weights file ({type(e).__name__}: {e})") from None
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: does not hold a model state dict")
+    return state
+
+
+_EPOCH = re.compile(r"epoch=(\d+)")
+
+
+def latest(folder: str | Path) -> str | None:
+    """The newest epoch checkpoint (``checkpoint_epoch=N.pt``) in ``folder``, or ``None``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.glob("*.pt") if (m := _EPOCH.search(p.name))]
+    return str(max(found)[1]) if found else None
+
+
+def initial_weights(own: str | Path, fallback: str | Path) -> str:
+    """The weights a fine-tuning run starts from: the bundle's own model if it has one, else ``fallback``.
+
+    This makes repeated training (e.g. in MONAI Label) continue from the current model, while a fresh bundle starts
+    from the source U-Net.
+    """
+    for path in (own, fallback):
+        if path and Path(path).is_file():
+            return str(path)
+    raise FileNotFoundError(f"no initial weights: neither {own} nor {fallback} exists")

@@ -1,0 +1,133 @@
+"""Training batches from cached 2D slices: each volume is preprocessed once, then training only reads memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import Dataset, PersistentDataset, load_decathlon_datalist
+from torch.utils.data import Dataset as TorchDataset
+
+from custom.cc359 import index_dataset
+from custom.splits import candidate_slices, one2all
+
+__all__ = ["SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist"]
+
+DATALIST_KEYS = ("training", "validation", "test")
+
+
+def load_datalist(path: str) -> dict:
+    """A JSON datalist as written by ``custom.splits``; relative paths resolve against the file's folder."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: datalist not found")
+    with open(path) as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a JSON datalist ({e})") from None
+    base = Path(path).resolve().parent
+    out = {k: v for k, v in raw.items() if k not in DATALIST_KEYS}
+    for key in DATALIST_KEYS:
+        out[key] = load_decathlon_datalist(path, data_list_key=key, base_dir=base) if raw.get(key) else []
+    return out
+
+
+def one2all_datalist(dataset_dir: str, source: str) -> dict:
+    """The paper's baseline split of a CC359-like folder: train on ``source``, test on the other domains."""
+    return one2all(index_dataset(dataset_dir), source)
+
+logger = logging.getLogger(__name__)
+
+
+def crop_or_pad(image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator):
+    """A random ``size`` window of a (C, H, W) slice; sides smaller than ``size`` are centre-padded
+    (the image with its minimum, the mask with 0), as the paper does."""
+    out_img, out_lbl = image, label
+    for axis, target in zip((1, 2), size, strict=True):
+        n = out_img.shape[axis]
+        if n < target:
+            before = (target - n) // 2
+            pad = [(0, 0)] * 3
+            pad[axis] = (before, target - n - before)
+            out_img = np.pad(out_img, pad, constant_values=out_img.min())
+            out_lbl = np.pad(out_lbl, pad, constant_values=0)
+        elif n > target:
+            start = int(rng.integers(n - target + 1))
+            index = [slice(None)] * 3
+            index[axis] = slice(start, start + target)
+            out_img, out_lbl = out_img[tuple(index)], out_lbl[tuple(index)]
+    return out_img, out_lbl
+
+
+class SliceDataset(TorchDataset):
+    """Random 2D training crops from the candidate slices of preprocessed volumes.
+
+    Item ``i`` of epoch ``e`` is drawn from a generator seeded by ``(seed, e, i)``: a run resumed from an epoch
+    checkpoint sees exactly the batches an uninterrupted run would. As the paper: a random training scan, a
+    random candidate slice along the last axis (every ``slice_interval``-th: ``floor(n_z / k)`` of them), a
+    random ``roi_size`` crop.
+
+    Args:
+        data: a datalist (``{"image": ..., "label": ...}`` dicts) - the id MONAI Label overrides.
+        transform: the preprocessing applied once per volume.
+        slice_interval: ``k``; the scan offers slices ``0, k, 2k, ...``.
+        roi_size: crop size (the paper: 256 x 256).
+        samples_per_epoch: iterations x batch size.
+        cache_dir: keep preprocessed volumes on disk across runs (``monai.data.PersistentDataset``).
+    """
+
+    def __init__(
+        self,
+        data: Sequence[dict],
+        transform: Callable,
+        slice_interval: int = 1,
+        roi_size: Sequence[int] = (256, 256),
+        samples_per_epoch: int = 3200,
+        seed: int = 0,
+        image_key: str = "image",
+        label_key: str = "label",
+        cache_dir: str | None = None,
+    ):
+        if not data:
+            raise ValueError("SliceDataset: the training datalist is empty")
+        if slice_interval < 1:
+            raise ValueError(f"SliceDataset: slice_interval must be >= 1, got {slice_interval}")
+        self.roi_size, self.samples_per_epoch = tuple(roi_size), int(samples_per_epoch)
+        self.seed, self.epoch = int(seed), 0
+        volumes = PersistentDataset(data, transform, cache_dir) if cache_dir else Dataset(data, transform)
+        self.images: list[np.ndarray] = []  # per scan: (n_candidates, 1, H, W) float32
+        self.labels: list[np.ndarray] = []  # per scan: (n_candidates, 1, H, W) uint8
+        for item in volumes:
+            image, label = np.asarray(item[image_key]), np.asarray(item[label_key])
+            picks = candidate_slices(image.shape[-1], slice_interval)
+            if not picks:
+                name = data[len(self.images)][image_key]
+                raise ValueError(f"{name}: {image.shape[-1]} slices offer none at slice interval {slice_interval}")
+            self.images.append(np.ascontiguousarray(np.moveaxis(image[..., picks], -1, 0), dtype=np.float32))
+            self.labels.append(np.ascontiguousarray(np.moveaxis(label[..., picks], -1, 0), dtype=np.uint8))
+        logger.info("cached %d training slices from %d scans (slice interval %d)",
+                    self.n_slices, len(self.images), slice_interval)
+
+    @property
+    def n_slices(self) -> int:
+        return sum(len(x) for x in self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        scan = int(rng.integers(len(self.images)))
+        pick = int(rng.integers(len(self.images[scan])))
+        image, label = crop_or_pad(self.images[scan][pick], self.labels[scan][pick], self.roi_size, rng)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32)),
+        }

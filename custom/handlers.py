@@ -1,0 +1,119 @@
+"""Small ignite handlers the bundle configs attach to MONAI engines."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+from custom.checkpoints import atomic_save, latest
+
+__all__ = ["EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resume"]
+
+logger = logging.getLogger(__name__)
+
+
+class SetEpoch:
+    """Tell a dataset which epoch starts, so its random draws depend on (seed, epoch, index) only."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.dataset.set_epoch(e.state.epoch))
+
+
+class EpochCheckpoint:
+    """Save ``objects`` plus the engine's own state after every epoch (the newest only), for ``resume``."""
+
+    def __init__(self, folder: str, objects: dict):
+        self.folder, self.objects = folder, objects
+
+    def attach(self, engine: Engine) -> None:
+        from monai.handlers import CheckpointSaver
+
+        saver = CheckpointSaver(self.folder, {**self.objects, "trainer": engine}, save_interval=1, n_saved=1,
+                                epoch_level=True)
+        saver.attach(engine)
+
+
+def resume(trainer: Engine, folder: str, objects: dict, enabled: bool = True) -> str | None:
+    """Continue ``trainer`` from the newest epoch checkpoint in ``folder`` (model, optimizer, scheduler, engine).
+
+    Attached from the config's ``run`` section: as a handler it would reference the trainer that lists it.
+    """
+    path = latest(folder) if enabled else None
+    if path:
+        from monai.handlers import CheckpointLoader
+
+        CheckpointLoader(load_path=path, load_dict={**objects, "trainer": trainer}, map_location="cpu").attach(trainer)
+        logger.info("resuming from %s", path)
+    return path
+
+
+class FinalModelSaver:
+    """Save the network's state dict atomically when training COMPLETES (never after a crash)."""
+
+    def __init__(self, network: torch.nn.Module, path: str):
+        self.network, self.path = network, path
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        net = getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.path)
+        logger.info("saved the final model to %s", self.path)
+
+
+class PerScanCSV:
+    """One CSV row per evaluated scan: the datalist fields ``keys`` and each metric's per-scan value.
+
+    Reads the metric handlers' ``save_details`` output (``engine.state.metric_details``); written atomically at
+    the end of the run, so an interrupted evaluation leaves no partial table.
+    """
+
+    def __init__(self, path: str, metrics: tuple[str, ...] = ("surface_dice", "dice"), keys=("id", "domain")):
+        self.path, self.metrics, self.keys = Path(path), tuple(metrics), tuple(keys)
+        self._rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        items = batch if isinstance(batch, list) else [batch]
+        for item in items:
+            row = {}
+            for key in self.keys:
+                value = item.get(key, "") if isinstance(item, dict) else ""
+                row[key] = value[0] if isinstance(value, list | tuple) and len(value) == 1 else value
+            if "id" in self.keys and not row.get("id"):
+                meta = getattr(item.get("image"), "meta", {}) if isinstance(item, dict) else {}
+                row["id"] = Path(str(meta.get("filename_or_obj", ""))).name
+            self._rows.append(row)
+
+    def _write(self, engine: Engine) -> None:
+        details = engine.state.metric_details
+        for name in self.metrics:
+            values = torch.as_tensor(details[name]).reshape(len(self._rows), -1)[:, 0].tolist()
+            for row, value in zip(self._rows, values, strict=True):
+                row[name] = "" if math.isnan(value) else f"{value:.6f}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent, text=True)
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*self.keys, *self.metrics])
+            writer.writeheader()
+            writer.writerows(self._rows)
+        os.replace(tmp, self.path)
+        logger.info("wrote per-scan metrics of %d scans to %s", len(self._rows), self.path)

@@ -1,0 +1,197 @@
+"""The paper's preprocessing as MONAI dictionary transforms: the one definition every bundle uses.
+
+`preprocessing(...)` = load -> check -> orient -> resample to (1, 0.95, 0.95) mm (cubic for the image, linear then
+threshold 0.5 for the mask) -> clip to the volume's [1st, 99th] percentile and scale to [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    DivisiblePadd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+
+__all__ = ["ApplyMaskd", "InputError", "ValidateVolumed", "preprocessing", "source_name"]
+
+PAPER_SPACING = (1.0, 0.95, 0.95)
+
+
+class InputError(ValueError):
+    """A volume that cannot be used; the message names the file and the problem in one line."""
+
+
+def source_name(data: Mapping, key: Hashable) -> str:
+    """The file a (Meta)tensor came from, for error messages."""
+    value = data.get(key)
+    meta = getattr(value, "meta", None) or {}
+    name = meta.get("filename_or_obj") or data.get(f"{key}_path") or "<in-memory volume>"
+    return str(name)
+
+
+class ValidateVolumed(MapTransform):
+    """Reject what would silently produce garbage; squeeze a singleton 4th axis.
+
+    Checks each key: a 3D volume (channel-first ``(1, H, W, D)`` after loading), finite voxels, not constant; for
+    ``label_key`` also binary and non-empty, and the same shape and geometry as ``image_key``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        atol_mm: float = 1e-3,
+        spacing_range_mm: tuple[float, float] = (0.05, 20.0),
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.image_key, self.label_key = image_key, label_key
+        self.atol_mm, self.spacing_range_mm = atol_mm, spacing_range_mm
+
+    def _volume(self, d: dict, key: Hashable) -> torch.Tensor:
+        x, name = d[key], source_name(d, key)
+        # Channel-first after LoadImaged(ensure_channel_first=True): a 4D file arrives as (C=t, H, W, D).
+        if x.ndim == 5 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.ndim == 4 and x.shape[0] != 1:
+            raise InputError(f"{name}: expected one 3D volume, got a 4D image with {x.shape[0]} volumes")
+        if x.ndim != 4:
+            spatial = max(x.ndim - 1, 0)
+            raise InputError(f"{name}: expected a 3D volume, got {spatial}D data of shape {tuple(x.shape[1:])}")
+        if min(x.shape[1:]) < 2:
+            raise InputError(f"{name}: expected a 3D volume, got shape {tuple(x.shape[1:])}")
+        if not torch.isfinite(torch.as_tensor(x)).all():
+            raise InputError(f"{name}: contains NaN or infinite voxels")
+        if isinstance(x, MetaTensor):
+            spacing = np.asarray(x.pixdim, dtype=float)
+            lo, hi = self.spacing_range_mm
+            if not np.all((spacing >= lo) & (spacing <= hi)):
+                raise InputError(f"{name}: implausible voxel spacing {tuple(np.round(spacing, 4))} mm")
+        return x
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self._volume(d, key)
+        if self.image_key in d:
+            image = d[self.image_key]
+            if float(image.max()) == float(image.min()):
+                raise InputError(f"{source_name(d, self.image_key)}: the image is constant ({float(image.min())})")
+        if self.label_key and self.label_key in d:
+            self._check_label(d)
+        return d
+
+    def _check_label(self, d: dict) -> None:
+        label, name = d[self.label_key], source_name(d, self.label_key)
+        values = torch.unique(torch.as_tensor(label))
+        if not bool(torch.all((values == 0) | (values == 1))):
+            raise InputError(f"{name}: the mask is not binary (values {values[:6].tolist()}...)")
+        if not bool((values == 1).any()):
+            raise InputError(f"{name}: the mask is empty")
+        if self.image_key in d:
+            image = d[self.image_key]
+            if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+                raise InputError(
+                    f"{name}: mask shape {tuple(label.shape[1:])} differs from image shape "
+                    f"{tuple(image.shape[1:])} ({source_name(d, self.image_key)})"
+                )
+            if isinstance(image, MetaTensor) and isinstance(label, MetaTensor):
+                if not torch.allclose(image.affine.double(), label.affine.double(), atol=self.atol_mm):
+                    raise InputError(
+                        f"{name}: mask geometry (affine) differs from the image's ({source_name(d, self.image_key)})"
+                    )
+
+
+class ApplyMaskd(MapTransform):
+    """Skull-strip: ``output_key = image_key * (mask_key > 0)``, both already in the same geometry."""
+
+    def __init__(self, image_key: str, mask_key: str, output_key: str = "stripped"):
+        super().__init__([image_key, mask_key])
+        self.image_key, self.mask_key, self.output_key = image_key, mask_key, output_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image, mask = d[self.image_key], d[self.mask_key]
+        if tuple(image.shape[1:]) != tuple(mask.shape[1:]):
+            raise InputError(
+                f"{source_name(d, self.image_key)}: mask shape {tuple(mask.shape[1:])} does not match the image"
+            )
+        stripped = image * (torch.as_tensor(mask) > 0).to(image.dtype)
+        if isinstance(image, MetaTensor) and not isinstance(stripped, MetaTensor):
+            stripped = MetaTensor(stripped, meta=image.meta)
+        d[self.output_key] = stripped
+        return d
+
+
+def preprocessing(
+    keys: Sequence[str] = ("image", "label"),
+    spacing: Sequence[float] = PAPER_SPACING,
+    orientation: str | None = "RAS",
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    load: bool = True,
+    keep_original: str | None = None,
+    divisible_by: int = 8,
+) -> Compose:
+    """The paper's preprocessing for ``keys`` (the first is the image; a second, if any, is its brain mask).
+
+    Args:
+        spacing: target voxel size in mm (the paper: 1 x 0.95 x 0.95).
+        orientation: axis codes to reorient to first, so the 2D model always slices along the same anatomical
+            axis whatever the file's storage order; ``None`` keeps the array order as stored (as the paper did).
+        load: start by reading files (``False`` when the dict already holds tensors).
+        keep_original: also keep the loaded, checked image under this key (e.g. to skull-strip it later).
+        divisible_by: centre-pad each slice (the first two axes) to a multiple of this, with 0 = the scaled image's
+            minimum, so whole slices fit the U-Net; inverted with everything else.
+    """
+    keys = list(keys)
+    image_key, label_key = keys[0], (keys[1] if len(keys) > 1 else None)
+    steps: list = []
+    if load:
+        steps.append(LoadImaged(keys, ensure_channel_first=True, image_only=True))
+    steps.append(ValidateVolumed(keys, image_key=image_key, label_key=label_key))
+    steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=True))
+    if keep_original:
+        from monai.transforms import CopyItemsd
+
+        steps.append(CopyItemsd(keys=image_key, names=keep_original))
+    if orientation:
+        steps.append(Orientationd(keys, axcodes=orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    steps.append(Spacingd(image_key, pixdim=tuple(spacing), mode=3, padding_mode="nearest"))
+    if label_key:
+        steps.append(Spacingd(label_key, pixdim=tuple(spacing), mode="bilinear", padding_mode="zeros"))
+        steps.append(AsDiscreted(label_key, threshold=0.5))
+    lower, upper = percentiles
+    steps.append(
+        ScaleIntensityRangePercentilesd(image_key, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
+    )
+    if divisible_by > 1:
+        steps.append(DivisiblePadd(keys, k=(divisible_by, divisible_by, 1), mode="constant", method="symmetric"))
+    return Compose(steps)
+
+
+def find_volumes(folder: str | Path) -> list[dict]:
+    """Every volume under ``folder``: NIfTI, NRRD, MHA/MHD files, and DICOM series (one folder of .dcm each)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    suffixes = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+    dicom_dirs = sorted({p.parent for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm"})
+    items = [{"image": str(p)} for p in files] + [{"image": str(d)} for d in dicom_dirs]
+    if not items:
+        raise InputError(f"{folder}: no NIfTI, NRRD, MHA or DICOM volumes found")
+    return items
