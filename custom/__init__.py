@@ -5,8 +5,10 @@ Submodules load on first attribute access, so a config's `$import custom` makes 
 
 import importlib
 
-__all__ = ["adapters", "cc359", "checkpoints", "data", "freeze", "handlers", "metrics", "networks", "splits",
-           "transforms"]
+__all__ = [
+    "adapters", "cc359", "checkpoints", "data", "freeze", "handlers", "inference", "metrics", "networks", "options",
+    "splits", "transforms",
+]
 
 
 def __getattr__(name: str):
