@@ -21,14 +21,21 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file."""
+def atomic_save(obj, path: str | Path, compact: bool = False) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file.
+
+    ``compact`` uses torch's legacy single-stream format: far less overhead per tensor for files of many tiny
+    tensors (adapters); still loadable with ``weights_only=True``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        torch.save(obj, tmp, _use_new_zipfile_serialization=not compact)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -13,9 +13,9 @@ from monai.data import Dataset, PersistentDataset, load_decathlon_datalist
 from torch.utils.data import Dataset as TorchDataset
 
 from custom.cc359 import index_dataset
-from custom.splits import candidate_slices, one2all
+from custom.splits import candidate_slices, one2all, one2one
 
-__all__ = ["SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist"]
+__all__ = ["SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist", "one2one_datalist"]
 
 DATALIST_KEYS = ("training", "validation", "test")
 
@@ -39,6 +39,11 @@ def load_datalist(path: str) -> dict:
 def one2all_datalist(dataset_dir: str, source: str) -> dict:
     """The paper's baseline split of a CC359-like folder: train on ``source``, test on the other domains."""
     return one2all(index_dataset(dataset_dir), source)
+
+
+def one2one_datalist(dataset_dir: str, source: str, target: str, n_add_ids: int, slice_interval: int) -> dict:
+    """The paper's fine-tuning split: ``n_add_ids`` annotated ``target`` scans to train on, the rest to test."""
+    return one2one(index_dataset(dataset_dir), source, target, n_add_ids, slice_interval)
 
 logger = logging.getLogger(__name__)
 
