@@ -19,6 +19,11 @@ __all__ = ["EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resu
 logger = logging.getLogger(__name__)
 
 
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 class SetEpoch:
     """Tell a dataset which epoch starts, so its random draws depend on (seed, epoch, index) only."""
 
@@ -38,6 +43,7 @@ class EpochCheckpoint:
     def attach(self, engine: Engine) -> None:
         from monai.handlers import CheckpointSaver
 
+        # every process builds it (ignite synchronises ranks here); only rank 0 writes
         saver = CheckpointSaver(self.folder, {**self.objects, "trainer": engine}, save_interval=1, n_saved=1,
                                 epoch_level=True)
         saver.attach(engine)
@@ -68,7 +74,7 @@ class FinalModelSaver:
 
     def __call__(self, engine: Engine) -> None:
         net = getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if _rank() > 0:
             return
         atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.path)
         logger.info("saved the final model to %s", self.path)
