@@ -1,0 +1,1428 @@
+"""The paper's whole experiment as a grid of resumable cells, each one a run of a bundle.
+
+Cells (one folder each under ``<output_dir>/cells/``, finished when its ``done.json`` exists):
+
+* ``train/baseline/<source>``: the source bundle's ``train.yaml`` on the one2all split of one domain;
+* ``eval/baseline/<source>/<target>``: that model on every scan of another domain (``inference.yaml`` +
+  ``evaluate.yaml``);
+* ``train/oracle/<domain>/fold<k>`` and ``eval/oracle/<domain>/fold<k>``: 3-fold cross-validation inside a
+  domain (``--oracle``);
+* ``train/<first|last|full>/<source>_to_<target>/<n>slices``: a fine-tuning bundle's ``train.yaml`` on the
+  one2one split with the slice budget's annotated scans and slice interval, starting from the source model;
+* ``eval/<first|last|full>/<source>_to_<target>/<n>slices``: the fine-tuned model on the target's test scans.
+
+A cell runs its bundle in-process through ``monai.bundle.ConfigWorkflow`` with command-line-style overrides
+(recorded in ``done.json``), so the bundles stay the single definition of training and evaluation. A cell is
+identified by a fingerprint of its settings and its scans: a rerun skips finished cells, restarts unfinished ones
+(training resumes from its last epoch checkpoint when the settings are unchanged) and refuses an output folder
+whose finished cells were made with other settings.
+
+Nothing here imports torch or MONAI at module level: worker processes set ``CUDA_VISIBLE_DEVICES`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from custom.cc359 import DOMAINS, Scan, index_dataset
+from custom.splits import BUDGETS, DEFAULT_SEED, budget, one2all, one2one, oracle
+
+__all__ = [
+    "PROFILES",
+    "STRATEGIES",
+    "Cell",
+    "Plan",
+    "Profile",
+    "UsageError",
+    "build_grid",
+    "execute",
+    "parse_shard",
+    "plan",
+    "report",
+    "resolve_selection",
+    "run_cell",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+SOURCE_BUNDLE = "brain_extraction_source"
+STRATEGY_BUNDLES = {
+    "first": "brain_extraction_first_layers",
+    "last": "brain_extraction_last_layers",
+    "full": "brain_extraction_full",
+}
+STRATEGIES = tuple(STRATEGY_BUNDLES)
+ALL_BUDGETS = tuple(b.n_slices for b in BUDGETS)
+N_FOLDS = 3
+DONE, PLAN, ERROR, LOG = "done.json", "plan.json", "error.txt", "log.txt"
+SHORT = {"siemens_15": "S1.5", "siemens_3": "S3", "ge_15": "GE1.5", "ge_3": "GE3", "philips_15": "P1.5",
+         "philips_3": "P3"}
+STRATEGY_NAMES = {"first": "first layers", "last": "last layers", "full": "whole network"}
+SMALL_BUDGET = 45  # "scarce target data": the budgets up to 45 slices, where the paper's first layers win most
+# overrides that are locations, not settings: left out of a cell's fingerprint
+PATH_KEYS = frozenset({"bundle_root", "dataset_dir", "datalist_file", "output_dir", "final_model", "adapter_path",
+                       "source_weights", "init_weights", "model_path", "metrics_csv", "ckpt_dir", "resume"})
+# what each kind of cell reports as its effective configuration (after the bundle resolved its defaults)
+KNOBS = {
+    "train": ("max_epochs", "lr_decay_epoch", "iterations_per_epoch", "batch_size", "learning_rate", "spacing",
+              "roi_size", "slice_interval", "val_interval", "strategy", "freeze_bn_stats", "seed", "amp"),
+    "eval": ("spacing", "amp", "evaluator#key_val_metric#surface_dice#tolerance"),
+}
+
+
+class UsageError(ValueError):
+    """Bad command-line input (unknown profile, strategy, domain, budget, malformed shard, missing data...)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# profiles
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much of the protocol runs, and with which overrides of the bundles' (paper) defaults.
+
+    ``baseline`` / ``finetune`` / ``evaluate`` are bundle overrides (top-level config ids); empty = the bundle
+    defaults, which are the paper's. ``spacing`` / ``roi_size`` of None keep the bundle defaults as well.
+    """
+
+    name: str
+    description: str
+    spacing: tuple[float, float, float] | None = None
+    roi_size: tuple[int, int] | None = None
+    baseline: dict = field(default_factory=dict)
+    finetune: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+    n_val: int = 4
+    seed: int = 0
+    split_seed: int = DEFAULT_SEED
+    sources: tuple[str, ...] = DOMAINS
+    targets: tuple[str, ...] = DOMAINS
+    strategies: tuple[str, ...] = STRATEGIES
+    budgets: tuple[int, ...] = ALL_BUDGETS
+    demo_subjects: int | None = None  # generate the demo data (this many subjects per domain) when it is missing
+
+
+PAPER = Profile(
+    name="paper",
+    description="PROTOCOL.md exactly: the bundles' defaults (spacing 1 x 0.95 x 0.95 mm, 256 x 256 crops; "
+    "baseline 100 epochs x 100 iterations, batch 32, lr 1e-3 x0.1 at epoch 80, 4 validation scans; fine-tuning "
+    "'dart20': 20 epochs x 100 iterations, batch 32, lr x0.1 at 15), 6 sources x 5 targets x 3 strategies x 9 "
+    "budgets",
+)
+
+DEMO = Profile(
+    name="demo",
+    description="a CPU-sized slice of the protocol on the simulated six-scanner demo data (about 2 mm voxels)",
+    spacing=(2.0, 1.9, 1.9),
+    roi_size=(64, 64),
+    baseline={"max_epochs": 6, "lr_decay_epoch": 5, "iterations_per_epoch": 50, "batch_size": 16,
+              "learning_rate": 0.01},
+    finetune={"max_epochs": 4, "lr_decay_epoch": 3, "iterations_per_epoch": 8, "batch_size": 16,
+              "learning_rate": 0.01},
+    n_val=0,
+    sources=("siemens_15",),
+    targets=("ge_15", "philips_15"),
+    budgets=(5, 24, 90),
+    demo_subjects=4,
+)
+
+# the paper's values of the knobs a profile may override (PROTOCOL.md; the bundles' defaults)
+PAPER_VALUES = {
+    "spacing": (1.0, 0.95, 0.95),
+    "roi_size": (256, 256),
+    "baseline": {"max_epochs": 100, "lr_decay_epoch": 80, "iterations_per_epoch": 100, "batch_size": 32,
+                 "learning_rate": 0.001},
+    "finetune": {"max_epochs": 20, "lr_decay_epoch": 15, "iterations_per_epoch": 100, "batch_size": 32,
+                 "learning_rate": 0.001},
+    "n_val": 4,
+}
+
+
+def _schedule_text(values: dict) -> str:
+    v = {**PAPER_VALUES["baseline"], **values}
+    return (f"{v['max_epochs']} epochs x {v['iterations_per_epoch']} iterations, batch {v['batch_size']}, "
+            f"lr {v['learning_rate']:g} x0.1 at epoch {v['lr_decay_epoch']}")
+
+
+def shortened(profile: Profile) -> list[str]:
+    """What ``profile`` changes with respect to PROTOCOL.md, one line each, derived from its settings."""
+    lines = []
+    if profile.demo_subjects:
+        lines.append(f"data: the simulated six-scanner demo data, {profile.demo_subjects} subjects per domain at about "
+                     "2 mm voxels (generated when the data folder is missing or empty) instead of CC359")
+    if profile.spacing is not None and tuple(profile.spacing) != PAPER_VALUES["spacing"]:
+        lines.append(f"resampling to {' x '.join(map(str, profile.spacing))} mm instead of 1 x 0.95 x 0.95 mm "
+                     "(the surface Dice tolerance stays 1 mm); the slice budgets keep the protocol's slice interval "
+                     "k, so a scan offers n_z / k slices with fewer n_z (tables show the slices actually offered)")
+    if profile.roi_size is not None and tuple(profile.roi_size) != PAPER_VALUES["roi_size"]:
+        lines.append(f"training crops {' x '.join(map(str, profile.roi_size))} instead of 256 x 256")
+    for kind, name in (("baseline", "baseline and oracle training"), ("finetune", "fine-tuning")):
+        values = getattr(profile, kind)
+        if values and {**PAPER_VALUES[kind], **values} != PAPER_VALUES[kind]:
+            steps = values.get("max_epochs", 0) * values.get("iterations_per_epoch", 0)
+            paper = PAPER_VALUES[kind]
+            ratio = paper["max_epochs"] * paper["iterations_per_epoch"] / max(1, steps)
+            lines.append(f"{name}: {_schedule_text(values)} (paper: {_schedule_text(paper)}; {ratio:.0f}x fewer "
+                         "steps, hence the larger learning rate)")
+    if profile.n_val != PAPER_VALUES["n_val"]:
+        lines.append(f"{profile.n_val} validation scans per baseline instead of 4 (validation only logs; the last "
+                     "epoch is kept either way)")
+    default_grid = (DOMAINS, DOMAINS, STRATEGIES, ALL_BUDGETS)
+    if (profile.sources, profile.targets, profile.strategies, profile.budgets) != default_grid:
+        lines.append(f"default grid: sources {', '.join(profile.sources)} -> targets {', '.join(profile.targets)}; "
+                     f"strategies {', '.join(profile.strategies)}; budgets {', '.join(map(str, profile.budgets))} "
+                     "(the subset flags choose others)")
+    return lines
+
+
+PROFILES = {p.name: p for p in (PAPER, DEMO)}
+
+
+def profile_overrides(profile: Profile, kind: str) -> dict:
+    """The bundle overrides of a profile for ``baseline`` (also oracle), ``finetune`` or ``evaluate`` cells."""
+    out = {}
+    if profile.spacing is not None:
+        out["spacing"] = list(profile.spacing)
+    if kind != "evaluate" and profile.roi_size is not None:
+        out["roi_size"] = list(profile.roi_size)
+    out.update(getattr(profile, kind))
+    if kind != "evaluate":
+        out["seed"] = profile.seed
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the grid
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One bundle run. ``role``: baseline | oracle | first | last | full; ``kind``: train | eval."""
+
+    kind: str
+    role: str
+    source: str
+    target: str | None = None
+    n_slices: int | None = None
+    fold: int | None = None
+
+    @property
+    def id(self) -> str:
+        if self.role == "baseline":
+            return f"train/baseline/{self.source}" if self.kind == "train" else f"eval/baseline/{self.source}/{self.target}"
+        if self.role == "oracle":
+            return f"{self.kind}/oracle/{self.source}/fold{self.fold}"
+        return f"{self.kind}/{self.role}/{self.source}_to_{self.target}/{self.n_slices}slices"
+
+    @property
+    def train_id(self) -> str:
+        """The training cell an evaluation cell evaluates (itself for a training cell)."""
+        return Cell("train", self.role, self.source, self.target if self.role not in ("baseline",) else None,
+                    self.n_slices, self.fold).id
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        if self.kind == "eval":
+            return (self.train_id,)
+        if self.role in STRATEGIES:
+            return (Cell("train", "baseline", self.source).id,)
+        return ()
+
+
+def build_grid(
+    sources: Sequence[str] = DOMAINS,
+    targets: Sequence[str] = DOMAINS,
+    strategies: Sequence[str] = STRATEGIES,
+    budgets: Sequence[int] = ALL_BUDGETS,
+    with_oracle: bool = False,
+) -> list[Cell]:
+    """Every cell of the selection, in an order where each cell comes after the cells it depends on.
+
+    Baselines first (trainings, then their evaluations), then the oracle folds of every domain involved, then
+    per (source, target, budget, strategy) a fine-tuning followed by its evaluation.
+    """
+    pairs = [(s, t) for s in sources for t in targets if s != t]
+    cells = [Cell("train", "baseline", s) for s in sources]
+    cells += [Cell("eval", "baseline", s, t) for s, t in pairs]
+    if with_oracle:
+        domains = [d for d in DOMAINS if d in set(sources) | set(targets)]
+        for d in domains:
+            for k in range(N_FOLDS):
+                cells += [Cell("train", "oracle", d, d, fold=k), Cell("eval", "oracle", d, d, fold=k)]
+    for s, t in pairs:
+        for n in budgets:
+            for strategy in strategies:
+                cells += [Cell("train", strategy, s, t, n), Cell("eval", strategy, s, t, n)]
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command-line selection
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _items(value, what: str) -> list:
+    """fire hands over ``a,b`` as a tuple, ``a`` as a str/int, ``[a, b]`` as a list; accept all of them."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parts = [v.strip() for v in value.replace(";", ",").split(",")]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = [value]
+    parts = [p for p in parts if p != ""]
+    if not parts:
+        raise UsageError(f"--{what} is empty")
+    return parts
+
+
+def _choose(value, valid: Sequence, what: str, convert=str) -> tuple:
+    chosen = []
+    for item in _items(value, what):
+        try:
+            converted = convert(item)
+        except (TypeError, ValueError):
+            converted = None
+        if converted not in valid or isinstance(item, bool):
+            raise UsageError(f"unknown {what[:-1] if what.endswith('s') else what} {item!r}; "
+                             f"valid: {', '.join(map(str, valid))}")
+        if converted not in chosen:
+            chosen.append(converted)
+    return tuple(sorted(chosen, key=list(valid).index))
+
+
+def _budget_value(item) -> int:
+    if isinstance(item, float) and not item.is_integer():
+        raise ValueError(item)
+    return int(item)
+
+
+def resolve_selection(profile: str | Profile, sources=None, targets=None, strategies=None, budgets=None) -> dict:
+    """Validate the subset flags against the protocol; defaults come from the profile."""
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise UsageError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+        profile = PROFILES[profile]
+    sel = {
+        "profile": profile,
+        "sources": _choose(sources, DOMAINS, "sources") if sources is not None else profile.sources,
+        "targets": _choose(targets, DOMAINS, "targets") if targets is not None else profile.targets,
+        "strategies": _choose(strategies, STRATEGIES, "strategies") if strategies is not None else profile.strategies,
+        "budgets": _choose(budgets, ALL_BUDGETS, "budgets", _budget_value) if budgets is not None else profile.budgets,
+    }
+    if not [(s, t) for s in sel["sources"] for t in sel["targets"] if s != t]:
+        raise UsageError("no source -> target pair: choose at least one target that is not a source")
+    return sel
+
+
+def parse_shard(shard) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; None stays None."""
+    if shard is None:
+        return None
+    text = str(shard).strip()
+    parts = text.split("/")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        i, n = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise UsageError(f"malformed --shard {shard!r}: expected i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise UsageError(f"malformed --shard {shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def parse_devices(devices) -> tuple[str, ...]:
+    if devices is None:
+        return ()
+    out = []
+    for item in _items(devices, "devices"):
+        text = str(item).strip()
+        if not text.isdigit():
+            raise UsageError(f"malformed --devices {devices!r}: expected GPU indices like 0,1")
+        out.append(text)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# planning: datalists, overrides, fingerprints (pure Python, no file written)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ids(datalist: dict) -> dict:
+    return {part: [e["id"] for e in datalist.get(part, [])] for part in ("training", "validation", "test")}
+
+
+def _cell_datalist(cell: Cell, scans: Sequence[Scan], profile: Profile) -> dict:
+    seed = profile.split_seed
+    if cell.role == "baseline":
+        dl = one2all(scans, cell.source, n_val=profile.n_val, seed=seed)
+        if cell.kind == "eval":
+            dl = {**dl, "name": f"{dl['name']}_on_{cell.target}", "target": cell.target,
+                  "test": [e for e in dl["test"] if e["domain"] == cell.target]}
+        return dl
+    if cell.role == "oracle":
+        return oracle(scans, cell.source, cell.fold, n_folds=N_FOLDS, seed=seed, n_val=profile.n_val)
+    n_scans, k = budget(cell.n_slices)
+    dl = one2one(scans, cell.source, cell.target, n_scans, k, seed=seed)
+    return {**dl, "n_slices": cell.n_slices}
+
+
+def _bundle(cell: Cell) -> str:
+    return SOURCE_BUNDLE if cell.role in ("baseline", "oracle") else STRATEGY_BUNDLES[cell.role]
+
+
+def _meta_file(bundle_dir: Path) -> Path:
+    own = bundle_dir / "configs" / "metadata.json"
+    return own if own.is_file() else bundle_dir.parent / SOURCE_BUNDLE / "configs" / "metadata.json"
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, decided before anything is written."""
+
+    profile: Profile
+    data_dir: Path
+    output_dir: Path
+    bundles_dir: Path
+    grid: list[Cell]
+    specs: dict[str, dict]  # cell id -> run_cell spec
+    selection: dict
+    with_oracle: bool
+    shard: tuple[int, int] | None
+    scans: list[Scan]
+
+    def cell_dir(self, cell_id: str) -> Path:
+        return self.output_dir / "cells" / cell_id
+
+    def is_done(self, cell_id: str) -> bool:
+        marker = self.cell_dir(cell_id) / DONE
+        if not marker.is_file():
+            return False
+        try:
+            return json.loads(marker.read_text()).get("fingerprint") == self.specs[cell_id]["fingerprint"]
+        except (OSError, ValueError):
+            return False
+
+    def mine(self) -> list[Cell]:
+        """The cells this run is responsible for (its shard of the grid, by grid index)."""
+        if self.shard is None:
+            return list(self.grid)
+        i, n = self.shard
+        return [c for k, c in enumerate(self.grid) if k % n == i]
+
+
+def _spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out: Path, bundles: Path) -> dict:
+    cell_dir = out / "cells" / cell.id
+    bundle_dir = bundles / _bundle(cell)
+    paths = {"bundle_root": str(bundle_dir), "dataset_dir": str(data_dir),
+             "datalist_file": str(cell_dir / "datalist.json"), "output_dir": str(cell_dir)}
+    if cell.kind == "train":
+        config_files = [bundle_dir / "configs" / "train.yaml"]
+        paths["final_model"] = str(cell_dir / "model.pt")
+        if cell.role in STRATEGIES:
+            n_scans, k = budget(cell.n_slices)
+            source_model = str(out / "cells" / cell.deps[0] / "model.pt")
+            paths.update(adapter_path=str(cell_dir / "adapter.pt"), source_weights=source_model,
+                         init_weights=source_model)
+            settings = {**profile_overrides(profile, "finetune"), "n_slices": cell.n_slices, "slice_interval": k}
+        else:
+            settings = profile_overrides(profile, "baseline")
+    else:
+        config_files = [bundle_dir / "configs" / "inference.yaml", bundle_dir / "configs" / "evaluate.yaml"]
+        paths.update(model_path=str(out / "cells" / cell.train_id / "model.pt"),
+                     metrics_csv=str(cell_dir / "metrics.csv"))
+        settings = {**profile_overrides(profile, "evaluate"), "datalist_key": "test"}
+    fingerprint = _sha({"cell": cell.id, "bundle": bundle_dir.name, "configs": [f.name for f in config_files],
+                        "settings": settings, "scans": _ids(datalist), "split_seed": profile.split_seed})
+    return {
+        "cell": asdict(cell) | {"id": cell.id, "deps": list(cell.deps)},
+        "bundle": bundle_dir.name,
+        "config_files": [str(f) for f in config_files],
+        "meta_file": str(_meta_file(bundle_dir)),
+        "workflow_type": "train" if cell.kind == "train" else "infer",
+        "cell_dir": str(cell_dir),
+        "settings": settings,
+        "paths": paths,
+        "datalist": datalist,
+        "fingerprint": fingerprint,
+        "profile": profile.name,
+        "seed": profile.seed,
+        "split_seed": profile.split_seed,
+        "threads": None,
+    }
+
+
+def plan(
+    profile: str | Profile,
+    data_dir,
+    output_dir,
+    sources=None,
+    targets=None,
+    strategies=None,
+    budgets=None,
+    with_oracle: bool = False,
+    shard=None,
+    bundles_dir=None,
+) -> Plan:
+    """Validate everything and decide every cell's datalist and overrides; raises UsageError, writes nothing."""
+    sel = resolve_selection(profile, sources, targets, strategies, budgets)
+    prof: Profile = sel["profile"]
+    shard = parse_shard(shard)
+    data_dir = Path(str(data_dir)).absolute()
+    out = Path(str(output_dir)).absolute()
+    bundles = Path(bundles_dir).absolute() if bundles_dir else BUNDLES
+    if not data_dir.is_dir():
+        raise UsageError(f"data dir {data_dir} does not exist")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output dir {out} exists and is not a folder")
+    try:
+        scans = index_dataset(data_dir)
+    except ValueError as e:  # DatasetError
+        raise UsageError(str(e)) from None
+    present = {s.domain for s in scans}
+    needed = set(sel["sources"]) | set(sel["targets"])
+    missing = [d for d in DOMAINS if d in needed and d not in present]
+    if missing:
+        raise UsageError(f"{data_dir} has no scans of {', '.join(missing)}")
+    grid = build_grid(sel["sources"], sel["targets"], sel["strategies"], sel["budgets"], with_oracle)
+    specs = {}
+    for cell in grid:
+        try:
+            datalist = _cell_datalist(cell, scans, prof)
+        except ValueError as e:
+            raise UsageError(f"{cell.id}: {e}") from None
+        specs[cell.id] = _spec(cell, datalist, prof, data_dir, out, bundles)
+    p = Plan(prof, data_dir, out, bundles, grid, specs, sel, bool(with_oracle), shard, scans)
+    conflicts = []
+    for cell in grid:
+        marker = p.cell_dir(cell.id) / DONE
+        if marker.is_file() and not p.is_done(cell.id):
+            conflicts.append(cell.id)
+    if conflicts:
+        raise UsageError(
+            f"{out} holds {len(conflicts)} finished cell(s) made with other settings or scans (e.g. "
+            f"cells/{conflicts[0]}); use another --output_dir or delete them"
+        )
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# running one cell (in this process, a worker process or a Ray worker)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "monai", "numpy", "scipy", "pytorch-ignite", "nibabel"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def _device_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
+        return f"cuda ({torch.cuda.get_device_name(0)}{where})"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+@contextlib.contextmanager
+def _captured(path: Path):
+    """Send everything a bundle run prints or logs to ``path`` instead of the console."""
+    with open(path, "a", buffering=1) as f:
+        swapped = []
+
+        def loggers():
+            yield logging.getLogger()
+            yield from (lg for lg in list(logging.root.manager.loggerDict.values()) if isinstance(lg, logging.Logger))
+
+        for lg in loggers():
+            for h in lg.handlers:
+                if type(h) is logging.StreamHandler or (
+                    isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                ):
+                    swapped.append((h, h.setStream(f)))
+        root = logging.getLogger()
+        handler = logging.StreamHandler(f)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        old_level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), warnings.catch_warnings():
+                warnings.simplefilter("default")
+                yield f
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+            for h, stream in swapped:
+                h.setStream(stream)
+            for lg in loggers():  # handlers created during the run captured the redirected stream
+                for h in lg.handlers:
+                    if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is f:
+                        h.setStream(sys.stdout)
+
+
+def _effective(workflow, kind: str) -> dict:
+    out = {}
+    for key in KNOBS[kind]:
+        try:
+            if key in workflow.parser:
+                value = workflow.parser.get_parsed_content(key)
+                out[key] = value if isinstance(value, bool | int | float | str | list | tuple) else str(value)
+        except Exception as e:  # a knob some bundle version lacks must not fail the run
+            out[key] = f"<unresolved: {type(e).__name__}>"
+    return out
+
+
+def _prepare(cell_dir: Path, spec: dict) -> bool:
+    """Empty an unfinished cell's folder; keep epoch checkpoints of the same plan (returns True: can resume)."""
+    plan_file = cell_dir / PLAN
+    same = False
+    if plan_file.is_file():
+        try:
+            same = json.loads(plan_file.read_text()).get("fingerprint") == spec["fingerprint"]
+        except (OSError, ValueError):
+            same = False
+    keep = {"checkpoints"} if same and spec["cell"]["kind"] == "train" else set()
+    if cell_dir.is_dir():
+        for child in cell_dir.iterdir():
+            if child.name in keep:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = cell_dir / "checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.glob("*.pt"))
+
+
+def run_cell(spec: dict) -> dict:
+    """Run one cell's bundle and mark it done; returns the ``done.json`` record.
+
+    A finished cell (``done.json`` with this fingerprint) is returned as is. Anything else in the folder is removed
+    first (training keeps its epoch checkpoints when the plan is unchanged, and resumes from the newest).
+    """
+    cell_dir = Path(spec["cell_dir"])
+    marker = cell_dir / DONE
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record.get("fingerprint") == spec["fingerprint"]:
+            return record
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(spec["threads"]))
+    resume = _prepare(cell_dir, spec)
+    _write_json(cell_dir / PLAN, {k: v for k, v in spec.items() if k != "datalist"})
+    from custom.splits import write_datalist
+
+    write_datalist(spec["datalist"], cell_dir / "datalist.json")
+    kind = spec["cell"]["kind"]
+    overrides = {**spec["settings"], **spec["paths"]}
+    if kind == "train":
+        overrides["resume"] = resume
+    started, t0 = _now(), time.perf_counter()
+    try:
+        with _captured(cell_dir / LOG):
+            from monai.bundle import ConfigWorkflow
+
+            config = spec["config_files"]
+            workflow = ConfigWorkflow(
+                config_file=config if len(config) > 1 else config[0],
+                meta_file=spec["meta_file"],
+                logging_file=False,
+                workflow_type=spec["workflow_type"],
+                **overrides,
+            )
+            workflow.initialize()
+            effective = _effective(workflow, kind)
+            workflow.run()
+            extra = {}
+            if kind == "train":
+                dataset = workflow.parser.get_parsed_content("train#dataset")
+                extra["train_slices"] = int(getattr(dataset, "n_slices", -1))
+                extra["train_scans"] = len(spec["datalist"].get("training", []))
+            workflow.finalize()
+            del workflow
+        outputs = _check_outputs(spec)
+    except BaseException:
+        _atomic_write(cell_dir / ERROR, traceback.format_exc())
+        raise
+    shutil.rmtree(cell_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
+    record = {
+        "cell": spec["cell"],
+        "fingerprint": spec["fingerprint"],
+        "profile": spec["profile"],
+        "bundle": spec["bundle"],
+        "config_files": [Path(f).name for f in spec["config_files"]],
+        "overrides": overrides,
+        "effective": effective,
+        "seed": spec["seed"],
+        "split_seed": spec["split_seed"],
+        **extra,
+        "outputs": outputs,
+        "resumed": bool(resume),
+        "started": started,
+        "finished": _now(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "device": _device_description(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "versions": versions(),
+    }
+    _write_json(marker, record)  # last: the cell is finished only now
+    return record
+
+
+def _check_outputs(spec: dict) -> dict:
+    paths = spec["paths"]
+    if spec["cell"]["kind"] == "train":
+        model = Path(paths["final_model"])
+        if not model.is_file():
+            raise RuntimeError(f"{spec['cell']['id']}: training finished without writing {model}")
+        out = {"model": model.name}
+        if "adapter_path" in paths and Path(paths["adapter_path"]).is_file():
+            out["adapter"] = Path(paths["adapter_path"]).name
+        return out
+    metrics = Path(paths["metrics_csv"])
+    expected = {e["id"] for e in spec["datalist"]["test"]}
+    rows = read_metrics(metrics)
+    got = {r["id"] for r in rows}
+    if got != expected:
+        raise RuntimeError(f"{spec['cell']['id']}: {metrics} has scans {sorted(got)}, expected {sorted(expected)}")
+    return {"metrics": metrics.name, "scans": len(rows)}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise RuntimeError(f"{path}: no metrics written")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# executing the grid: in-process, N spawned processes, or Ray tasks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _SerialExecutor:
+    """Runs each submitted call at once, in this process; returns a finished Future."""
+
+    capacity = 1
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001 - reported by the scheduler
+            future.set_exception(e)
+        return future
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _init_worker(counter, devices: tuple[str, ...], threads: int) -> None:
+    """Runs first in every spawned worker: pick its GPU (round-robin) before torch is imported."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+class _PoolExecutor:
+    def __init__(self, workers: int, devices: tuple[str, ...]):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.capacity = workers
+        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(ctx.Value("i", 0), devices, self.threads))
+
+    def submit(self, fn, spec) -> Future:
+        return self.pool.submit(fn, {**spec, "threads": self.threads})
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _RayExecutor:
+    def __init__(self, address: str, cpus_per_cell: float = 1, gpus_per_cell: float | None = None):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        resources = ray.cluster_resources()
+        if gpus_per_cell is None:
+            gpus_per_cell = 1 if resources.get("GPU", 0) >= 1 else 0
+        self.threads = max(1, int(cpus_per_cell))
+        self.capacity = max(1, int(resources.get("CPU", 1) // cpus_per_cell))
+        if gpus_per_cell:
+            self.capacity = min(self.capacity, max(1, int(resources.get("GPU", 1) // gpus_per_cell)))
+        self.remote = ray.remote(run_cell).options(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=0)
+
+    def submit(self, fn, spec) -> Future:
+        return self.remote.remote({**spec, "threads": self.threads}).future()
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _executor(workers: int, devices: tuple[str, ...], ray_address: str | None):
+    if ray_address:
+        return _RayExecutor(ray_address)
+    if workers > 1:
+        return _PoolExecutor(workers, devices)
+    return _SerialExecutor()
+
+
+@dataclass
+class Outcome:
+    ran: list[str] = field(default_factory=list)
+    skipped_done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def execute(
+    p: Plan,
+    workers: int = 1,
+    devices: Sequence[str] = (),
+    ray_address: str | None = None,
+    wait_s: float = 0.0,
+    progress: bool = True,
+    executor=None,
+    poll_s: float = 5.0,
+) -> Outcome:
+    """Run this plan's unfinished cells, each after the cells it depends on; failures do not stop the others.
+
+    A dependency outside this run (another shard's cell) is waited for up to ``wait_s`` seconds (polling its
+    ``done.json``); cells still blocked then are reported, not run.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    outcome = Outcome()
+    mine = p.mine()
+    todo = []
+    for cell in mine:
+        if p.is_done(cell.id):
+            outcome.skipped_done.append(cell.id)
+        else:
+            todo.append(cell)
+    if not todo:
+        outcome.wall_seconds = time.perf_counter() - t0
+        return outcome
+    executor = executor or _executor(workers, tuple(devices), ray_address)
+    in_run = {c.id for c in todo}
+    done = {c.id for c in p.grid if c.id not in in_run and p.is_done(c.id)}
+    pending: list[Cell] = list(todo)
+    running: dict[Future, Cell] = {}
+    deadline = time.monotonic() + float(wait_s)
+    bar = tqdm(total=len(todo), unit="cell", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    try:
+        while pending or running:
+            for cell in list(pending):
+                if len(running) >= executor.capacity:
+                    break
+                bad = [d for d in cell.deps if d in outcome.failed or d in outcome.blocked]
+                if bad:
+                    pending.remove(cell)
+                    outcome.blocked.append(cell.id)
+                    bar.update(1)
+                    continue
+                if all(d in done for d in cell.deps):
+                    pending.remove(cell)
+                    bar.set_postfix_str(cell.id, refresh=True)
+                    running[executor.submit(run_cell, p.specs[cell.id])] = cell
+            if not running:
+                if not pending:
+                    break
+                foreign = {d for c in pending for d in c.deps if d not in in_run and d not in done}
+                newly = {d for d in foreign if p.is_done(d)}
+                if newly:
+                    done |= newly
+                    continue
+                if time.monotonic() < deadline:
+                    time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+                    continue
+                outcome.blocked += [c.id for c in pending]
+                bar.update(len(pending))
+                pending.clear()
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = running.pop(future)
+                error = future.exception()
+                if error is None:
+                    done.add(cell.id)
+                    outcome.ran.append(cell.id)
+                else:
+                    outcome.failed[cell.id] = f"{type(error).__name__}: {error}"
+                    bar.write(f"reproduce: cell {cell.id} failed: {type(error).__name__}: {error} "
+                              f"(see {p.cell_dir(cell.id) / ERROR})")
+                bar.update(1)
+    finally:
+        bar.close()
+        executor.shutdown()
+    outcome.wall_seconds = time.perf_counter() - t0
+    return outcome
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# results: tables, figures, summary, manifest
+# ---------------------------------------------------------------------------------------------------------------
+
+RESULT_COLUMNS = ("source", "target", "strategy", "n_slices", "train_slices", "fold", "id", "domain",
+                  "surface_dice", "dice")
+
+
+def collect_rows(p: Plan) -> list[dict]:
+    """One row per finished evaluation cell x test scan, in grid order."""
+    rows = []
+    for cell in p.grid:
+        if cell.kind != "eval" or not p.is_done(cell.id):
+            continue
+        train_slices = ""
+        train_done = p.cell_dir(cell.train_id) / DONE
+        if cell.role in STRATEGIES and train_done.is_file():
+            train_slices = json.loads(train_done.read_text()).get("train_slices", "")
+        for r in read_metrics(p.cell_dir(cell.id) / "metrics.csv"):
+            rows.append({
+                "source": cell.source,
+                "target": cell.target,
+                "strategy": cell.role,
+                "n_slices": cell.n_slices if cell.n_slices is not None else "",
+                "train_slices": train_slices,
+                "fold": cell.fold if cell.fold is not None else "",
+                "id": r["id"],
+                "domain": r.get("domain", ""),
+                "surface_dice": r["surface_dice"],
+                "dice": r["dice"],
+            })
+    return rows
+
+
+def _csv_text(rows: Iterable[dict], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.3g}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _train_slices(p: Plan) -> dict[int, list[int]]:
+    """Per budget: the slices the finished fine-tunings actually offered (sum over their training scans)."""
+    out: dict[int, list[int]] = {}
+    for cell in p.grid:
+        if cell.kind == "train" and cell.role in STRATEGIES and p.is_done(cell.id):
+            n = json.loads((p.cell_dir(cell.id) / DONE).read_text()).get("train_slices")
+            if isinstance(n, int) and n >= 0:
+                out.setdefault(cell.n_slices, []).append(n)
+    return out
+
+
+def _budget_label(n: int, offered: dict[int, list[int]]) -> str:
+    got = sorted(set(offered.get(n, [])))
+    if not got:
+        return str(n)
+    actual = str(got[0]) if len(got) == 1 else f"{got[0]}–{got[-1]}"
+    return f"{n}" if actual == str(n) else f"{n} ({actual} offered)"
+
+
+def _tables(p: Plan, rows: list[dict]) -> dict:
+    from custom import stats
+
+    strategies = p.selection["strategies"]
+    pairs = stats.pair_results(rows, strategies)
+    return {
+        "matrix": stats.baseline_matrix(rows),
+        "dice_matrix": stats.baseline_matrix(rows, metric="dice"),
+        "means": stats.strategy_means(rows),
+        "pairs": pairs,
+        "wins": stats.win_counts(pairs, strategies),
+        "gaps": stats.gap_closed(rows),
+        "gap_summary": stats.gap_closed_summary(stats.gap_closed(rows)),
+    }
+
+
+def _matrix_section(p: Plan, t: dict) -> list[str]:
+    sources = p.selection["sources"]
+    columns = [d for d in DOMAINS if d in set(p.selection["targets"]) | (set(sources) if p.with_oracle else set())]
+    rows = []
+    for s in sources:
+        rows.append([f"**{SHORT[s]}**"] + [
+            (f"**{_fmt(t['matrix'].get((s, c)))}**" if s == c else _fmt(t["matrix"].get((s, c)))) for c in columns
+        ])
+    diag = "oracle (3-fold CV) on the diagonal" if p.with_oracle else "no oracle (run with --oracle for the diagonal)"
+    return [
+        "## Baseline: mean surface Dice of each source model on every scan of each target",
+        "",
+        f"Rows: source (training) domain; columns: target domain; {diag}.",
+        "",
+        _table(["src \\ tgt", *(SHORT[c] for c in columns)], rows),
+        "",
+    ]
+
+
+def _means_section(p: Plan, t: dict, offered: dict) -> list[str]:
+    budgets = p.selection["budgets"]
+    labels = [_budget_label(n, offered) for n in budgets]
+    rows = []
+    names = [("baseline", "baseline (no fine-tuning)")]
+    names += [(s, STRATEGY_NAMES[s]) for s in p.selection["strategies"]]
+    names += [("oracle", "oracle")] if p.with_oracle else []
+    n_pairs = 0
+    for key, name in names:
+        cells = []
+        for n in budgets:
+            m = t["means"].get((key, n))
+            if m is None:
+                cells.append("–")
+                continue
+            n_pairs = max(n_pairs, m["pairs"]) if key in STRATEGIES else n_pairs
+            cells.append(f"{_fmt(m['mean'])} ± {_fmt(m['std'])}" if m["pairs"] > 1 else _fmt(m["mean"]))
+        rows.append([name, *cells])
+    return [
+        "## Mean surface Dice per strategy and slice budget",
+        "",
+        f"Mean over source -> target pairs (± standard deviation over pairs; {n_pairs} pair(s)) of each pair's mean "
+        "over its target test scans. Baseline and oracle rows: the same test scans as the fine-tuned models. Column "
+        "headers: nominal budget of PROTOCOL.md (and the slices the annotated scans actually offered at its slice "
+        "interval, when different).",
+        "",
+        _table(["strategy", *labels], rows),
+        "",
+    ]
+
+
+def _wins_section(p: Plan, t: dict, offered: dict) -> list[str]:
+    strategies = p.selection["strategies"]
+    if len(strategies) < 2:
+        return ["## Wins", "", "Needs at least two strategies.", ""]
+    rows = []
+    for n, c in t["wins"].items():
+        sig = lambda a: " / ".join(str(c[f"{s}@p<{a:g}"]) for s in strategies)  # noqa: E731
+        rows.append([_budget_label(n, offered), c["pairs"], *(c[s] for s in strategies), c["ties"], sig(0.1),
+                     sig(0.05)])
+    short = " / ".join(s for s in strategies)
+    lines = [
+        "## Wins per budget",
+        "",
+        "Per (pair, budget) the strategy with the highest mean surface Dice wins (equal top means: a tie). "
+        "Significance: exact two-sided sign test of the winner against the runner-up over the pair's test scans "
+        "(paired by scan; [D] used p < 0.1, [M] p < 0.05).",
+        "",
+        _table(["slices", "pairs", *strategies, "ties", f"significant p<0.1 ({short})",
+                f"significant p<0.05 ({short})"], rows),
+        "",
+    ]
+    if len(t["pairs"]) <= 60:
+        prow = []
+        for r in t["pairs"]:
+            means = " / ".join(_fmt(r.means.get(s)) for s in strategies)
+            prow.append([_budget_label(r.n_slices, offered), f"{SHORT[r.source]} -> {SHORT[r.target]}", means,
+                         r.winner or "tie", r.runner_up or "–",
+                         f"{r.test.n_plus}:{r.test.n_minus}:{r.test.n_ties}" if r.test else "–",
+                         _fmt_p(r.test.p if r.test else None), r.n_scans])
+        lines += [
+            "Per pair (sign test counts: scans where the winner is better : worse : equal):",
+            "",
+            _table(["slices", "pair", f"mean sDice ({short})", "winner", "runner-up", "+:-:=", "p", "scans"], prow),
+            "",
+        ]
+    else:
+        lines += ["Per pair: see `wins.csv`.", ""]
+    return lines
+
+
+def _gap_section(p: Plan, t: dict, offered: dict) -> list[str]:
+    head = ["## Gap closed", ""]
+    if not p.with_oracle:
+        return head + ["(sDice_ft − sDice_base) / (sDice_oracle − sDice_base) needs the oracle: rerun with "
+                       "`--oracle` (adds 3-fold cross-validation in every domain involved).", ""]
+    budgets = p.selection["budgets"]
+    rows = []
+    for s in p.selection["strategies"]:
+        cells = []
+        for n in budgets:
+            g = t["gap_summary"].get((s, n))
+            cells.append("–" if g is None or not g["pairs"] else f"{_fmt(g['mean'], 2)} (median {_fmt(g['median'], 2)})")
+        rows.append([STRATEGY_NAMES[s], *cells])
+    undefined = sum(g["undefined"] for g in t["gap_summary"].values())
+    note = f" {undefined} (pair, budget, strategy) value(s) undefined (oracle not above baseline)." if undefined else ""
+    return head + [
+        "Mean (median) over pairs of (sDice_ft − sDice_base) / (sDice_oracle − sDice_base), each term over the "
+        f"fine-tuned model's test scans; per pair in `gap_closed.csv`.{note}",
+        "",
+        _table(["strategy", *(_budget_label(n, offered) for n in budgets)], rows),
+        "",
+    ]
+
+
+def _claim_section(p: Plan, t: dict) -> list[str]:
+    strategies = p.selection["strategies"]
+    head = ["## First layers vs last layers at small budgets", ""]
+    if not {"first", "last"} <= set(strategies):
+        return head + ["Needs both the first and the last strategy.", ""]
+    small = [n for n in p.selection["budgets"] if n <= SMALL_BUDGET]
+    if not small:
+        return head + [f"No budget of at most {SMALL_BUDGET} slices was run.", ""]
+    first_better = last_better = equal = 0
+    firsts, lasts = [], []
+    for r in t["pairs"]:
+        if r.n_slices not in small or "first" not in r.means or "last" not in r.means:
+            continue
+        f, la = r.means["first"], r.means["last"]
+        firsts.append(f)
+        lasts.append(la)
+        first_better += f > la
+        last_better += la > f
+        equal += f == la
+    total = first_better + last_better + equal
+    if not total:
+        return head + ["No finished (pair, budget) has both strategies yet.", ""]
+    mf, ml = sum(firsts) / len(firsts), sum(lasts) / len(lasts)
+    verdict = (
+        "first-layer fine-tuning BEATS last-layer fine-tuning" if first_better > last_better and mf > ml
+        else "last-layer fine-tuning BEATS first-layer fine-tuning" if last_better > first_better and ml > mf
+        else "neither strategy consistently beats the other"
+    )
+    budgets = ", ".join(map(str, small))
+    lines = head + [
+        f"Budgets of at most {SMALL_BUDGET} slices ({budgets}), {total} (pair, budget) comparison(s): first layers "
+        f"have the higher mean surface Dice in {first_better}, last layers in {last_better}, equal in {equal}; "
+        f"mean over them: first {mf:.3f} vs last {ml:.3f}. On this data, {verdict} at small budgets.",
+    ]
+    if "full" in strategies:
+        wins = {s: sum(c[s] for n, c in t["wins"].items() if n in small) for s in strategies}
+        lines.append("Wins among all strategies at these budgets: "
+                     + ", ".join(f"{STRATEGY_NAMES[s]} {wins[s]}" for s in strategies) + ".")
+    return lines + [""]
+
+
+def _header(p: Plan, outcome: Outcome | None, cell_seconds: float) -> list[str]:
+    prof = p.profile
+    n_done = sum(p.is_done(c.id) for c in p.grid)
+    per_domain = {d: sum(s.domain == d for s in p.scans) for d in DOMAINS}
+    lines = [
+        f"# Reproduction of Shirokikh et al. (2020) — profile `{prof.name}`",
+        "",
+        f"Profile `{prof.name}`: {prof.description}.",
+        "",
+    ]
+    changes = shortened(prof)
+    if changes:
+        lines += ["What this profile changes with respect to PROTOCOL.md:", ""]
+        lines += [f"- {s}" for s in changes] + [""]
+    sel = p.selection
+    lines += [
+        f"- data: {sum(per_domain.values())} scans ("
+        + ", ".join(f"{SHORT[d]} {n}" for d, n in per_domain.items()) + ")",
+        f"- sources: {', '.join(sel['sources'])}; targets: {', '.join(sel['targets'])}; strategies: "
+        f"{', '.join(sel['strategies'])}; budgets: {', '.join(map(str, sel['budgets']))}; oracle: "
+        f"{'yes' if p.with_oracle else 'no'}",
+        f"- split seed {prof.split_seed:#x}, training seed {prof.seed}; cells finished: {n_done} of {len(p.grid)}; "
+        f"sum of cell run times {cell_seconds / 60:.1f} min"
+        + (f"; this invocation {outcome.wall_seconds / 60:.1f} min" if outcome else ""),
+        "- files: `results.csv` (one row per run x test scan), `wins.csv`, `gap_closed.csv`, `manifest.json`, "
+        "figures `baseline_matrix.png`, `sdice_vs_slices.png`, `wins.png`",
+        "",
+    ]
+    return lines
+
+
+def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    # 1. baseline matrix
+    sources = list(p.selection["sources"])
+    columns = [d for d in DOMAINS if d in set(p.selection["targets"]) | (set(sources) if p.with_oracle else set())]
+    grid = np.full((len(sources), len(columns)), np.nan)
+    for i, s in enumerate(sources):
+        for j, c in enumerate(columns):
+            grid[i, j] = t["matrix"].get((s, c), np.nan)
+    fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 2.2, 0.8 * len(sources) + 1.8))
+    im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="viridis")
+    for i in range(len(sources)):
+        for j in range(len(columns)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
+                        color="black" if grid[i, j] > 0.6 else "white", fontweight="bold" if sources[i] == columns[j]
+                        else "normal")
+    ax.set_xticks(range(len(columns)), [SHORT[c] for c in columns])
+    ax.set_yticks(range(len(sources)), [SHORT[s] for s in sources])
+    ax.set_xlabel("target (test) domain")
+    ax.set_ylabel("source (training) domain")
+    ax.set_title("Baseline surface Dice" + (" (diagonal: oracle)" if p.with_oracle else ""))
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    written.append(out / "baseline_matrix.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    # 2. surface Dice vs slices
+    budgets = list(p.selection["budgets"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours = {"first": "tab:blue", "last": "tab:orange", "full": "tab:green", "baseline": "grey", "oracle": "black"}
+    for key in ("baseline", *p.selection["strategies"], *(("oracle",) if p.with_oracle else ())):
+        xs, ys, lo, hi = [], [], [], []
+        for n in budgets:
+            m = t["means"].get((key, n))
+            if m and not math.isnan(m["mean"]):
+                xs.append(n)
+                ys.append(m["mean"])
+                lo.append(m["mean"] - m["std"])
+                hi.append(m["mean"] + m["std"])
+        if not xs:
+            continue
+        style = dict(ls="--", marker="") if key in ("baseline", "oracle") else dict(ls="-", marker="o")
+        ax.plot(xs, ys, color=colours[key], label=STRATEGY_NAMES.get(key, key), **style)
+        if key in STRATEGIES and len(xs) > 0:
+            ax.fill_between(xs, lo, hi, color=colours[key], alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [_budget_label(n, offered).replace(" offered", "") for n in budgets], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("slice budget (nominal; slices offered in parentheses)")
+    ax.set_ylabel("surface Dice (mean over pairs ± std)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Fine-tuning on the target: surface Dice vs annotated slices")
+    fig.tight_layout()
+    written.append(out / "sdice_vs_slices.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    # 3. wins per budget
+    strategies = list(p.selection["strategies"])
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    x = np.arange(len(budgets))
+    width = 0.8 / (len(strategies) + 1)
+    n_pairs = 0
+    for k, s in enumerate([*strategies, "ties"]):
+        counts = [t["wins"].get(n, {}).get(s, 0) for n in budgets]
+        sig = [t["wins"].get(n, {}).get(f"{s}@p<0.1", 0) for n in budgets] if s != "ties" else None
+        colour = colours.get(s, "lightgrey")
+        bars = ax.bar(x + (k - len(strategies) / 2) * width, counts, width, color=colour, alpha=0.45,
+                      label=STRATEGY_NAMES.get(s, s))
+        if sig is not None:
+            ax.bar(x + (k - len(strategies) / 2) * width, sig, width, color=colour, alpha=1.0,
+                   label=f"{STRATEGY_NAMES[s]}, p < 0.1")
+        ax.bar_label(bars, fontsize=7)
+        n_pairs = max([n_pairs] + [t["wins"].get(n, {}).get("pairs", 0) for n in budgets])
+    ax.set_xticks(x, [_budget_label(n, offered).replace(" offered", "") for n in budgets], fontsize=8)
+    ax.set_xlabel("slice budget")
+    ax.set_ylabel(f"wins (of {n_pairs} pairs)")
+    ax.set_ylim(0, max(1, n_pairs) * 1.15)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Best strategy per pair (light: wins; dark: significant, sign test p < 0.1)")
+    fig.tight_layout()
+    written.append(out / "wins.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written
+
+
+def _cell_records(p: Plan) -> dict[str, dict]:
+    out = {}
+    for cell in p.grid:
+        if p.is_done(cell.id):
+            r = json.loads((p.cell_dir(cell.id) / DONE).read_text())
+            out[cell.id] = {k: r.get(k) for k in ("seconds", "started", "finished", "device", "host", "resumed",
+                                                  "fingerprint", "overrides", "effective", "seed", "train_slices")}
+            out[cell.id]["status"] = "done"
+        else:
+            out[cell.id] = {"status": "failed" if (p.cell_dir(cell.id) / ERROR).is_file() else "pending",
+                            "fingerprint": p.specs[cell.id]["fingerprint"]}
+    return out
+
+
+def write_manifest(p: Plan, argv: Sequence[str] | None = None, outcome: Outcome | None = None) -> Path:
+    records = _cell_records(p)
+    manifest = {
+        "updated": _now(),
+        "argv": list(argv) if argv is not None else None,
+        "profile": asdict(p.profile),
+        "selection": {k: v for k, v in p.selection.items() if k != "profile"},
+        "oracle": p.with_oracle,
+        "shard": list(p.shard) if p.shard else None,
+        "data_dir": str(p.data_dir),
+        "scans": len(p.scans),
+        "seeds": {"training": p.profile.seed, "splits": p.profile.split_seed},
+        "bundle_overrides": {k: profile_overrides(p.profile, k) for k in ("baseline", "finetune", "evaluate")},
+        "versions": versions(),
+        "platform": {"python": sys.version.split()[0], "system": platform.platform(), "machine": platform.machine(),
+                     "cpus": os.cpu_count(), "host": socket.gethostname()},
+        "git_commit": _git_commit(),
+        "invocation": None if outcome is None else {
+            "ran": len(outcome.ran), "skipped_finished": len(outcome.skipped_done), "failed": outcome.failed,
+            "blocked": outcome.blocked, "wall_seconds": round(outcome.wall_seconds, 1)},
+        "cells": records,
+        "cell_seconds_total": round(sum(r.get("seconds") or 0 for r in records.values()), 1),
+    }
+    path = p.output_dir / "manifest.json"
+    _write_json(path, manifest)
+    return path
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def report(p: Plan, outcome: Outcome | None = None) -> str:
+    """Write results.csv, wins.csv, gap_closed.csv, the figures and summary.md; returns the summary text."""
+    out = p.output_dir
+    rows = collect_rows(p)
+    _atomic_write(out / "results.csv", _csv_text(rows, RESULT_COLUMNS))
+    t = _tables(p, rows)
+    strategies = p.selection["strategies"]
+    win_rows = [{"source": r.source, "target": r.target, "n_slices": r.n_slices, "n_scans": r.n_scans,
+                 **{f"mean_{s}": _fmt(r.means.get(s), 6) for s in strategies}, "winner": r.winner or "tie",
+                 "runner_up": r.runner_up or "", "n_plus": r.test.n_plus if r.test else "",
+                 "n_minus": r.test.n_minus if r.test else "", "n_ties": r.test.n_ties if r.test else "",
+                 "p": f"{r.test.p:.6g}" if r.test else ""} for r in t["pairs"]]
+    win_cols = ["source", "target", "n_slices", "n_scans", *(f"mean_{s}" for s in strategies), "winner",
+                "runner_up", "n_plus", "n_minus", "n_ties", "p"]
+    _atomic_write(out / "wins.csv", _csv_text(win_rows, win_cols))
+    gap_rows = [{**g, **{k: _fmt(g[k], 6) for k in ("base", "oracle", "ft", "gap")}} for g in t["gaps"]]
+    _atomic_write(out / "gap_closed.csv", _csv_text(gap_rows, ["strategy", "source", "target", "n_slices", "base",
+                                                               "oracle", "ft", "gap"]))
+    offered = _train_slices(p)
+    cell_seconds = 0.0
+    for cell in p.grid:
+        if p.is_done(cell.id):
+            cell_seconds += json.loads((p.cell_dir(cell.id) / DONE).read_text()).get("seconds") or 0
+    body = [*_matrix_section(p, t), *_means_section(p, t, offered), *_wins_section(p, t, offered),
+            *_gap_section(p, t, offered), *_claim_section(p, t)]
+    text = "\n".join([*_header(p, outcome, cell_seconds), *body])
+    _atomic_write(out / "summary.md", text)
+    _figures(p, t, offered, out)
+    return text
+
+
+def summary_for_console(text: str) -> str:
+    """The summary without its header (the tables and the verdict)."""
+    start = text.find("## ")
+    return text[start:] if start >= 0 else text
+
+
+def run(
+    p: Plan,
+    workers: int = 1,
+    devices: Sequence[str] = (),
+    ray_address: str | None = None,
+    wait_s: float = 0.0,
+    argv: Sequence[str] | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> tuple[Outcome, str | None]:
+    """Execute the plan, then (unless sharded) write the tables, figures and summary; the manifest always."""
+    p.output_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(p, argv)
+    outcome = execute(p, workers=workers, devices=devices, ray_address=ray_address, wait_s=wait_s,
+                      progress=progress)
+    write_manifest(p, argv, outcome)
+    text = None
+    if p.shard is None:
+        text = report(p, outcome)
+    else:
+        i, n = p.shard
+        echo(f"reproduce: shard {i}/{n}: ran {len(outcome.ran)} cell(s), {len(outcome.skipped_done)} already "
+             f"finished, {len(outcome.failed)} failed, {len(outcome.blocked)} waiting on other shards; run without "
+             "--shard on the same output dir to assemble the tables")
+    return outcome, text

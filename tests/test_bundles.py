@@ -1,0 +1,227 @@
+"""Model-zoo checks for all four bundles, and their train / evaluate / inference workflows on tiny real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+
+from custom.adapters import AdapterError, apply_adapter
+from tests.bundle_utils import (
+    ALL_BUNDLES,
+    FAST,
+    FINETUNE,
+    SCHEMA,
+    SOURCE,
+    copy_bundle,
+    datalist,
+    run_workflow,
+    tiny_dataset,
+)
+
+REQUIRED = [
+    "LICENSE", "configs/metadata.json", "configs/train.yaml", "configs/evaluate.yaml", "configs/inference.yaml",
+    "configs/multi_gpu_train.yaml", "configs/logging.conf", "docs/README.md", "models/model.pt",
+]
+IDS = [b.name for b in ALL_BUNDLES]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("demo") / "data")
+
+
+@pytest.fixture(scope="module")
+def trained_source(tmp_path_factory, data):
+    """A source model trained by the source bundle's own train workflow (2 epochs, coarse)."""
+    work = tmp_path_factory.mktemp("source")
+    bundle = copy_bundle(SOURCE, work)
+    dl = datalist(data, work / "one2all.json", n_train=1)
+    workflow = run_workflow([bundle / "configs/train.yaml"], bundle, "train", dataset_dir=str(data),
+                            datalist_file=str(dl), output_dir=str(work / "run"), max_epochs=2, val_interval=1, **FAST)
+    return {"bundle": bundle, "model": bundle / "models/model.pt", "run": work / "run", "workflow": workflow,
+            "datalist": dl}
+
+
+# ---- model-zoo static checks --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
+def test_required_files(bundle):
+    missing = [f for f in REQUIRED if not (bundle / f).is_file()]
+    assert not missing
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
+def test_version_has_a_changelog_entry(bundle):
+    meta = json.loads((bundle / "configs/metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    versions = [tuple(int(x) for x in v.split(".")) for v in meta["changelog"]]
+    assert tuple(int(x) for x in meta["version"].split(".")) == max(versions)
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "brain"}
+    assert set(meta["network_data_format"]["inputs"]) == {"image"}
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
+def test_verify_metadata_offline(bundle):
+    out = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+                          str(bundle / "configs/metadata.json"), "--filepath", str(SCHEMA)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "metadata is verified with no error" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
+def test_verify_net_in_out(bundle):
+    verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs/metadata.json"),
+                      config_file=str(bundle / "configs/inference.yaml"), n=4, device="cpu", bundle_root=str(bundle))
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
+def test_ckpt_export_torchscript_matches_eager(bundle, tmp_path):
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(bundle / "models/model.pt"),
+                meta_file=str(bundle / "configs/metadata.json"), config_file=str(bundle / "configs/inference.yaml"),
+                bundle_root=str(bundle))
+    scripted = torch.jit.load(str(ts))
+    net = ConfigParser.load_config_file(str(bundle / "configs/inference.yaml"))["network_def"]
+    eager = ConfigParser({"n": net}).get_parsed_content("n")
+    eager.load_state_dict(torch.load(bundle / "models/model.pt", weights_only=True))
+    x = torch.rand(2, 1, 64, 72)
+    torch.testing.assert_close(scripted.eval()(x), eager.eval()(x))
+    assert json.loads(scripted.extra_files if hasattr(scripted, "extra_files") else "{}") == {}  # loads cleanly
+
+
+# ---- one definition of each thing -------------------------------------------------------------------------
+
+def _parsed(bundle, config, key, **override):
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / config))
+    parser.update({"bundle_root": str(bundle), **override})
+    return parser.get_parsed_content(key)
+
+
+def test_all_bundles_build_identical_networks_and_preprocessing(data):
+    image = sorted((data / "Original").glob("*.nii.gz"))[0]
+    reference_state, reference_image = None, None
+    for bundle in ALL_BUNDLES:
+        for config in ("train.yaml", "inference.yaml"):
+            torch.manual_seed(0)
+            net = _parsed(bundle, config, "network_def")
+            state = {k: v.shape for k, v in net.state_dict().items()}
+            pre = _parsed(bundle, config, "preprocessing", spacing=FAST["spacing"])
+            out = pre({"image": str(image), "label": str(image).replace("Original", "Silver-standard").replace(
+                ".nii.gz", "_ss.nii.gz")} if config == "train.yaml" else {"image": str(image)})["image"]
+            if reference_state is None:
+                reference_state, reference_image = state, out
+            assert state == reference_state, f"{bundle.name}/{config}"
+            torch.testing.assert_close(out.as_tensor(), reference_image.as_tensor())
+
+
+def test_finetune_bundles_differ_only_in_strategy():
+    texts = {k: (b / "configs/train.yaml").read_text().splitlines() for k, b in FINETUNE.items()}
+    for strategy, lines in texts.items():
+        diff = [(a, b) for a, b in zip(texts["first"], lines, strict=True) if a != b]
+        expected = [] if strategy == "first" else [("strategy: first", f"strategy: {strategy}")]
+        assert diff == expected
+
+
+# ---- the workflows ------------------------------------------------------------------------------------------
+
+def test_source_train_workflow(trained_source):
+    state = torch.load(trained_source["model"], weights_only=True)
+    assert "init_path.0.weight" in state
+    assert list(trained_source["run"].glob("checkpoints/checkpoint_epoch=2.pt"))
+    metrics = trained_source["workflow"].parser.get_parsed_content("validate#evaluator").state.metrics
+    assert 0.0 <= metrics["val_surface_dice"] <= 1.0 and 0.0 <= metrics["val_dice"] <= 1.0
+
+
+def test_inference_workflow_keeps_the_input_geometry(trained_source, data, tmp_path):
+    bundle = trained_source["bundle"]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in sorted((data / "Original").glob("*siemens_3*"))[:1] + sorted((data / "Original").glob("*ge_15*"))[:1]:
+        (inputs / f.name).symlink_to(f)
+    out = tmp_path / "out"
+    run_workflow([bundle / "configs/inference.yaml"], bundle, "infer", dataset_dir=str(inputs),
+                 output_dir=str(out), spacing=FAST["spacing"], save_stripped=True)
+    for f in inputs.iterdir():
+        stem = f.name[: -len(".nii.gz")]
+        src, mask = nib.load(f), nib.load(out / f"{stem}_brainmask.nii.gz")
+        stripped = nib.load(out / f"{stem}_stripped.nii.gz")
+        assert mask.shape == src.shape and np.allclose(mask.affine, src.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+        m = np.asarray(mask.dataobj) > 0
+        np.testing.assert_allclose(np.asarray(stripped.dataobj)[~m], 0)
+        np.testing.assert_allclose(np.asarray(stripped.dataobj)[m], src.get_fdata()[m], rtol=1e-5)
+
+
+def test_evaluate_workflow_writes_per_scan_metrics(trained_source, data, tmp_path):
+    bundle = trained_source["bundle"]
+    out = tmp_path / "eval"
+    run_workflow([bundle / "configs/inference.yaml", bundle / "configs/evaluate.yaml"], bundle, "infer",
+                 dataset_dir=str(data), datalist_file=str(trained_source["datalist"]), datalist_key="test",
+                 output_dir=str(out), spacing=FAST["spacing"], save_masks=True)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["domain"] for r in rows] == ["ge_3", "ge_3"]
+    assert all(0.0 <= float(r["surface_dice"]) <= 1.0 and 0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    assert len(list(out.glob("*_brainmask.nii.gz"))) == 2
+
+
+def _finetune(strategy, trained_source, data, tmp_path, **extra):
+    bundle = copy_bundle(FINETUNE[strategy], tmp_path)
+    model, adapter = tmp_path / "ft" / "model.pt", tmp_path / "ft" / "adapter.pt"
+    run_workflow([bundle / "configs/train.yaml"], bundle, "train", dataset_dir=str(data),
+                 datalist_file=str(trained_source["datalist"]), output_dir=str(tmp_path / "run"),
+                 final_model=str(model), adapter_path=str(adapter), source_weights=str(trained_source["model"]),
+                 init_weights=str(trained_source["model"]), max_epochs=1, lr_decay_epoch=1, slice_interval=4,
+                 **{**FAST, **extra})
+    return torch.load(model, weights_only=True), adapter
+
+
+EXPECTED = {"first": ("init_path.0.", "init_path.2."), "last": ("out_path.",), "full": ("",)}
+
+
+@pytest.mark.parametrize("strategy", ["first", "last", "full"])
+def test_finetune_changes_exactly_the_strategys_parameters(strategy, trained_source, data, tmp_path):
+    tuned, adapter = _finetune(strategy, trained_source, data, tmp_path)
+    source = torch.load(trained_source["model"], weights_only=True)
+    from custom.networks import UNet2D
+
+    params = {n for n, _ in UNet2D().named_parameters()}
+    changed = {k for k in params if not torch.equal(tuned[k], source[k])}
+    should = {k for k in params if k.startswith(EXPECTED[strategy])}
+    # biases whose every path leads into a BatchNorm get a zero gradient (BatchNorm removes the mean)
+    into_batchnorm = {"out_path.1.layer.bias", "shortcut0.bias", "shortcut1.bias", "shortcut2.bias"}
+    assert changed <= should
+    assert should - changed <= into_batchnorm
+    # BatchNorm statistics move everywhere by default (the paper: frozen layers still adapt their statistics)
+    assert not torch.equal(tuned["down3.0.running_mean"], source["down3.0.running_mean"])
+    # source + adapter == fine-tuned, bit for bit
+    rebuilt = apply_adapter(trained_source["model"], adapter)
+    assert all(torch.equal(rebuilt[k], tuned[k]) for k in tuned)
+    if strategy == "first":
+        assert adapter.stat().st_size < 100_000
+
+
+def test_freeze_bn_stats_keeps_frozen_statistics(trained_source, data, tmp_path):
+    tuned, _ = _finetune("last", trained_source, data, tmp_path, freeze_bn_stats=True)
+    source = torch.load(trained_source["model"], weights_only=True)
+    assert torch.equal(tuned["down3.0.running_mean"], source["down3.0.running_mean"])
+    assert not torch.equal(tuned["out_path.2.running_mean"], source["out_path.2.running_mean"])
+
+
+def test_adapter_refuses_other_source_weights(trained_source, data, tmp_path):
+    _, adapter = _finetune("first", trained_source, data, tmp_path)
+    other = tmp_path / "other.pt"
+    state = torch.load(trained_source["model"], weights_only=True)
+    state["shortcut0.bias"] = state["shortcut0.bias"] + 1
+    torch.save(state, other)
+    with pytest.raises(AdapterError, match="made for source weights with sha256"):
+        apply_adapter(other, adapter)
