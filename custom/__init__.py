@@ -1,13 +1,17 @@
 """Small components the bundle configs reference (`_target_: custom....`): network, data, freezing, metrics.
 
 Submodules load on first attribute access, so a config's `$import custom` makes `custom.data.…` usable.
+Under `python -m monai.bundle run`, importing it also turns bad inputs and unknown options into one-line errors
+(see `custom.bundle_cli`).
 """
 
 import importlib
 
+from custom import bundle_cli
+
 __all__ = [
-    "adapters", "cc359", "checkpoints", "data", "freeze", "handlers", "inference", "metrics", "networks", "options",
-    "splits", "transforms",
+    "adapters", "bundle_cli", "cc359", "checkpoints", "data", "freeze", "handlers", "inference", "metrics", "networks",
+    "options", "splits", "transforms",
 ]
 
 
@@ -15,3 +19,6 @@ def __getattr__(name: str):
     if name in __all__:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+bundle_cli.install()

@@ -162,7 +162,7 @@ PAPER_VALUES = {
 
 def _schedule_text(values: dict) -> str:
     v = {**PAPER_VALUES["baseline"], **values}
-    return (f"{v['max_epochs']} epochs x {v['iterations_per_epoch']} iterations, batch {v['batch_size']}, "
+    return (f"{v['max_epochs']} epoch(s) x {v['iterations_per_epoch']} iteration(s), batch {v['batch_size']}, "
             f"lr {v['learning_rate']:g} x0.1 at epoch {v['lr_decay_epoch']}")
 
 
@@ -181,11 +181,13 @@ def shortened(profile: Profile) -> list[str]:
     for kind, name in (("baseline", "baseline and oracle training"), ("finetune", "fine-tuning")):
         values = getattr(profile, kind)
         if values and {**PAPER_VALUES[kind], **values} != PAPER_VALUES[kind]:
-            steps = values.get("max_epochs", 0) * values.get("iterations_per_epoch", 0)
             paper = PAPER_VALUES[kind]
-            ratio = paper["max_epochs"] * paper["iterations_per_epoch"] / max(1, steps)
-            lines.append(f"{name}: {_schedule_text(values)} (paper: {_schedule_text(paper)}; {ratio:.0f}x fewer "
-                         "steps, hence the larger learning rate)")
+            mine = {**paper, **values}
+            ratio = paper["max_epochs"] * paper["iterations_per_epoch"] / max(
+                1, mine["max_epochs"] * mine["iterations_per_epoch"])
+            why = ", hence the larger learning rate" if mine["learning_rate"] > paper["learning_rate"] else ""
+            lines.append(f"{name}: {_schedule_text(mine)} (paper: {_schedule_text(paper)}; {ratio:.0f}x fewer "
+                         f"steps{why})")
     if profile.n_val != PAPER_VALUES["n_val"]:
         lines.append(f"{profile.n_val} validation scans per baseline instead of 4 (validation only logs; the last "
                      "epoch is kept either way)")
@@ -232,7 +234,8 @@ class Cell:
     @property
     def id(self) -> str:
         if self.role == "baseline":
-            return f"train/baseline/{self.source}" if self.kind == "train" else f"eval/baseline/{self.source}/{self.target}"
+            return f"train/baseline/{self.source}" if self.kind == "train" else (
+                f"eval/baseline/{self.source}/{self.target}")
         if self.role == "oracle":
             return f"{self.kind}/oracle/{self.source}/fold{self.fold}"
         return f"{self.kind}/{self.role}/{self.source}_to_{self.target}/{self.n_slices}slices"
@@ -1084,9 +1087,8 @@ def _wins_section(p: Plan, t: dict, offered: dict) -> list[str]:
         return ["## Wins", "", "Needs at least two strategies.", ""]
     rows = []
     for n, c in t["wins"].items():
-        sig = lambda a: " / ".join(str(c[f"{s}@p<{a:g}"]) for s in strategies)  # noqa: E731
-        rows.append([_budget_label(n, offered), c["pairs"], *(c[s] for s in strategies), c["ties"], sig(0.1),
-                     sig(0.05)])
+        sig = [" / ".join(str(c[f"{s}@p<{a:g}"]) for s in strategies) for a in (0.1, 0.05)]
+        rows.append([_budget_label(n, offered), c["pairs"], *(c[s] for s in strategies), c["ties"], *sig])
     short = " / ".join(s for s in strategies)
     lines = [
         "## Wins per budget",
@@ -1129,7 +1131,8 @@ def _gap_section(p: Plan, t: dict, offered: dict) -> list[str]:
         cells = []
         for n in budgets:
             g = t["gap_summary"].get((s, n))
-            cells.append("–" if g is None or not g["pairs"] else f"{_fmt(g['mean'], 2)} (median {_fmt(g['median'], 2)})")
+            defined = g is not None and g["pairs"]
+            cells.append(f"{_fmt(g['mean'], 2)} (median {_fmt(g['median'], 2)})" if defined else "–")
         rows.append([STRATEGY_NAMES[s], *cells])
     undefined = sum(g["undefined"] for g in t["gap_summary"].values())
     note = f" {undefined} (pair, budget, strategy) value(s) undefined (oracle not above baseline)." if undefined else ""

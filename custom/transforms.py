@@ -25,7 +25,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-__all__ = ["ApplyMaskd", "InputError", "ValidateVolumed", "preprocessing", "source_name"]
+__all__ = ["ApplyMaskd", "InputError", "LoadVolumed", "ValidateVolumed", "find_volumes", "preprocessing", "source_name"]
 
 PAPER_SPACING = (1.0, 0.95, 0.95)
 
@@ -116,6 +116,23 @@ class ValidateVolumed(MapTransform):
                     )
 
 
+class LoadVolumed(LoadImaged):
+    """``LoadImaged`` whose failures name the file: missing, truncated, corrupt or unreadable."""
+
+    def __call__(self, data, reader=None):
+        for key in self.key_iterator(dict(data)):
+            path = data[key]
+            if isinstance(path, str | Path) and not Path(path).exists():
+                raise InputError(f"{path}: file not found")
+        try:
+            return super().__call__(data, reader)
+        except Exception as e:
+            names = [str(data[k]) for k in self.key_iterator(dict(data))]
+            cause = e.__cause__ or e.__context__ or e
+            detail = " ".join(str(cause).split())[:200] or type(cause).__name__
+            raise InputError(f"{' / '.join(names)}: cannot read as a medical image ({detail})") from e
+
+
 class ApplyMaskd(MapTransform):
     """Skull-strip: ``output_key = image_key * (mask_key > 0)``, both already in the same geometry."""
 
@@ -161,7 +178,7 @@ def preprocessing(
     image_key, label_key = keys[0], (keys[1] if len(keys) > 1 else None)
     steps: list = []
     if load:
-        steps.append(LoadImaged(keys, ensure_channel_first=True, image_only=True))
+        steps.append(LoadVolumed(keys, ensure_channel_first=True, image_only=True))
     steps.append(ValidateVolumed(keys, image_key=image_key, label_key=label_key))
     steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=True))
     if keep_original:
