@@ -133,6 +133,20 @@ class LoadVolumed(LoadImaged):
             raise InputError(f"{' / '.join(names)}: cannot read as a medical image ({detail})") from e
 
 
+class SafeSpacingd(Spacingd):
+    """``Spacingd`` that leaves non-dict ``<key>_*`` entries alone: MONAI Label puts ``image_path`` (a str) in the
+    data, and monai 1.6.1's ``Spacingd`` calls ``.update(meta)`` on every ``<key>_*`` entry of a NIfTI input."""
+
+    def __call__(self, data, lazy=None):
+        d = dict(data)
+        prefixes = tuple(f"{k}_" for k in self.keys)
+        hidden = {k: d.pop(k) for k in list(d)
+                  if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)}
+        d = super().__call__(d, lazy=lazy)
+        d.update(hidden)
+        return d
+
+
 class ApplyMaskd(MapTransform):
     """Skull-strip: ``output_key = image_key * (mask_key > 0)``, both already in the same geometry."""
 
@@ -187,9 +201,9 @@ def preprocessing(
         steps.append(CopyItemsd(keys=image_key, names=keep_original))
     if orientation:
         steps.append(Orientationd(keys, axcodes=orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
-    steps.append(Spacingd(image_key, pixdim=tuple(spacing), mode=3, padding_mode="nearest"))
+    steps.append(SafeSpacingd(image_key, pixdim=tuple(spacing), mode=3, padding_mode="nearest"))
     if label_key:
-        steps.append(Spacingd(label_key, pixdim=tuple(spacing), mode="bilinear", padding_mode="zeros"))
+        steps.append(SafeSpacingd(label_key, pixdim=tuple(spacing), mode="bilinear", padding_mode="zeros"))
         steps.append(AsDiscreted(label_key, threshold=0.5))
     lower, upper = percentiles
     steps.append(

@@ -104,6 +104,7 @@ class LabelServer:
         port: TCP port on 127.0.0.1; ``None`` picks a free one.
         env_python: the MONAI Label interpreter; relative paths start at the repository root.
         conf: extra ``--conf key value`` pairs for the app (e.g. ``{"preload": "true"}``).
+        env: extra environment variables for the server and its training runs (e.g. ``{"OMP_NUM_THREADS": "1"}``).
         startup_timeout: seconds to wait for ``GET /info/`` to answer.
         request_timeout: default seconds for one HTTP request (inference, uploads).
     """
@@ -116,6 +117,7 @@ class LabelServer:
         port: int | None = None,
         env_python: str | os.PathLike = DEFAULT_ENV_PYTHON,
         conf: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
         startup_timeout: float = 180.0,
         request_timeout: float = 600.0,
     ):
@@ -129,6 +131,7 @@ class LabelServer:
         self.port: int | None = None
         self.python = label_python(env_python)
         self.conf = dict(conf or {})
+        self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.request_timeout = request_timeout
         self.model_names: list[str] = []
@@ -159,7 +162,15 @@ class LabelServer:
             self.close()  # __exit__ does not run when __enter__ raises
             raise
 
-    def _start(self) -> LabelServer:
+    def prepare(self) -> LabelServer:
+        """Build the app folder and copy the bundles into it, without starting the server.
+
+        ``start()`` does this itself; call it first to adjust the served copies (``model_dir(name)``) before the
+        server reads them. Runs once: a later ``prepare()`` or ``start()`` keeps those copies as they are. On an
+        error, or when the server is never started, ``close()`` still removes a temporary app folder.
+        """
+        if self.model_names:
+            return self
         if not self.python.exists():
             raise LabelServerError(f"MONAI Label interpreter not found: {self.python} (build .venv-label first)")
         if not self.studies_dir.is_dir():
@@ -169,6 +180,16 @@ class LabelServer:
             self.app_dir = Path(self._tmp.name) / APP_NAME
         self._prepare_app()
         self.model_names = [self._install_bundle(m) for m in self._models]
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (also the id of its process group, which holds its training runs)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def _start(self) -> LabelServer:
+        self.prepare()
+        assert self.app_dir is not None
         self._results = self.app_dir / "results"
         self._results.mkdir(exist_ok=True)
         self.log_path = self.app_dir / "logs" / "server.log"
@@ -194,6 +215,7 @@ class LabelServer:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+            self.model_names = []  # the copies are gone: a later start() prepares them again
 
     def _prepare_app(self) -> None:
         assert self.app_dir is not None
@@ -246,6 +268,7 @@ class LabelServer:
         for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"):
             env.pop(key, None)
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         return env
 
     def _launch(self) -> None:
@@ -354,6 +377,8 @@ class LabelServer:
                 return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")
+            if e.code >= 500:
+                time.sleep(1.0)  # the server logs the traceback only after it has answered
             raise LabelServerError(f"{method} {url} -> HTTP {e.code}: {detail}{self._tail()}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             raise LabelServerError(f"{method} {url} failed: {e}{self._tail()}") from None
@@ -428,7 +453,8 @@ class LabelServer:
 
         Useful keys: ``max_epochs`` (50), ``val_split`` (0.2; ``-1`` keeps the bundle's own
         ``validate#dataset#data``), ``pretrained`` (True; False crashes in monailabel 0.8.5), ``device``,
-        ``model_filename``. HTTP 429 means a training run is already going.
+        ``model_filename``. HTTP 429 means a training run is already going. No other config id of the bundle can
+        be set from here: monailabel 0.8.5 passes on only the keys of a bundle's own ``displayable_configs``.
         """
         task = self._json(
             "POST",
