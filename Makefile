@@ -40,4 +40,4 @@ test: lint $(LABEL_STAMP)
 	$(VENV)/bin/pytest
 
 clean:
-	rm -rf $(VENV) $(LABEL_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LABEL_VENV) .venv-export .pytest_cache .ruff_cache
