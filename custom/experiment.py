@@ -60,7 +60,10 @@ __all__ = [
     "plan",
     "report",
     "resolve_selection",
+    "run",
     "run_cell",
+    "shard_cells",
+    "shortened",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,14 +82,11 @@ SHORT = {"siemens_15": "S1.5", "siemens_3": "S3", "ge_15": "GE1.5", "ge_3": "GE3
          "philips_3": "P3"}
 STRATEGY_NAMES = {"first": "first layers", "last": "last layers", "full": "whole network"}
 SMALL_BUDGET = 45  # "scarce target data": the budgets up to 45 slices, where the paper's first layers win most
-# overrides that are locations, not settings: left out of a cell's fingerprint
-PATH_KEYS = frozenset({"bundle_root", "dataset_dir", "datalist_file", "output_dir", "final_model", "adapter_path",
-                       "source_weights", "init_weights", "model_path", "metrics_csv", "ckpt_dir", "resume"})
 # what each kind of cell reports as its effective configuration (after the bundle resolved its defaults)
 KNOBS = {
     "train": ("max_epochs", "lr_decay_epoch", "iterations_per_epoch", "batch_size", "learning_rate", "spacing",
               "roi_size", "slice_interval", "val_interval", "strategy", "freeze_bn_stats", "seed", "amp"),
-    "eval": ("spacing", "amp", "evaluator#key_val_metric#surface_dice#tolerance"),
+    "eval": ("spacing", "amp", "key_metric#surface_dice#tolerance"),
 }
 
 
@@ -122,6 +122,7 @@ class Profile:
     strategies: tuple[str, ...] = STRATEGIES
     budgets: tuple[int, ...] = ALL_BUDGETS
     demo_subjects: int | None = None  # generate the demo data (this many subjects per domain) when it is missing
+    workers: int = 1  # default --workers (capped at the number of CPU cores)
 
 
 PAPER = Profile(
@@ -137,15 +138,16 @@ DEMO = Profile(
     description="a CPU-sized slice of the protocol on the simulated six-scanner demo data (about 2 mm voxels)",
     spacing=(2.0, 1.9, 1.9),
     roi_size=(64, 64),
-    baseline={"max_epochs": 6, "lr_decay_epoch": 5, "iterations_per_epoch": 50, "batch_size": 16,
+    baseline={"max_epochs": 4, "lr_decay_epoch": 3, "iterations_per_epoch": 50, "batch_size": 16,
               "learning_rate": 0.01},
-    finetune={"max_epochs": 4, "lr_decay_epoch": 3, "iterations_per_epoch": 8, "batch_size": 16,
+    finetune={"max_epochs": 4, "lr_decay_epoch": 3, "iterations_per_epoch": 16, "batch_size": 8,
               "learning_rate": 0.01},
     n_val=0,
     sources=("siemens_15",),
     targets=("ge_15", "philips_15"),
     budgets=(5, 24, 90),
     demo_subjects=4,
+    workers=2,
 )
 
 # the paper's values of the knobs a profile may override (PROTOCOL.md; the bundles' defaults)
@@ -261,14 +263,17 @@ def build_grid(
     strategies: Sequence[str] = STRATEGIES,
     budgets: Sequence[int] = ALL_BUDGETS,
     with_oracle: bool = False,
+    in_domain: bool = False,
 ) -> list[Cell]:
     """Every cell of the selection, in an order where each cell comes after the cells it depends on.
 
-    Baselines first (trainings, then their evaluations), then the oracle folds of every domain involved, then
+    Baselines first (trainings, then their evaluations: with ``in_domain`` also each source model on its own
+    held-out validation scans, ``eval/baseline/<s>/<s>``), then the oracle folds of every domain involved, then
     per (source, target, budget, strategy) a fine-tuning followed by its evaluation.
     """
     pairs = [(s, t) for s in sources for t in targets if s != t]
     cells = [Cell("train", "baseline", s) for s in sources]
+    cells += [Cell("eval", "baseline", s, s) for s in sources] if in_domain else []
     cells += [Cell("eval", "baseline", s, t) for s, t in pairs]
     if with_oracle:
         domains = [d for d in DOMAINS if d in set(sources) | set(targets)]
@@ -389,8 +394,9 @@ def _cell_datalist(cell: Cell, scans: Sequence[Scan], profile: Profile) -> dict:
     if cell.role == "baseline":
         dl = one2all(scans, cell.source, n_val=profile.n_val, seed=seed)
         if cell.kind == "eval":
-            dl = {**dl, "name": f"{dl['name']}_on_{cell.target}", "target": cell.target,
-                  "test": [e for e in dl["test"] if e["domain"] == cell.target]}
+            test = dl["validation"] if cell.target == cell.source else [
+                e for e in dl["test"] if e["domain"] == cell.target]
+            dl = {**dl, "name": f"{dl['name']}_on_{cell.target}", "target": cell.target, "test": test}
         return dl
     if cell.role == "oracle":
         return oracle(scans, cell.source, cell.fold, n_folds=N_FOLDS, seed=seed, n_val=profile.n_val)
@@ -436,11 +442,16 @@ class Plan:
             return False
 
     def mine(self) -> list[Cell]:
-        """The cells this run is responsible for (its shard of the grid, by grid index)."""
-        if self.shard is None:
-            return list(self.grid)
-        i, n = self.shard
-        return [c for k, c in enumerate(self.grid) if k % n == i]
+        """The cells this run is responsible for (its shard of the grid)."""
+        return shard_cells(self.grid, self.shard)
+
+
+def shard_cells(grid: Sequence[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """The cells of ``grid`` whose index % n == i for ``shard = (i, n)``; all of them for None."""
+    if shard is None:
+        return list(grid)
+    i, n = shard
+    return [c for k, c in enumerate(grid) if k % n == i]
 
 
 def _spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out: Path, bundles: Path) -> dict:
@@ -516,7 +527,8 @@ def plan(
     missing = [d for d in DOMAINS if d in needed and d not in present]
     if missing:
         raise UsageError(f"{data_dir} has no scans of {', '.join(missing)}")
-    grid = build_grid(sel["sources"], sel["targets"], sel["strategies"], sel["budgets"], with_oracle)
+    grid = build_grid(sel["sources"], sel["targets"], sel["strategies"], sel["budgets"], with_oracle,
+                      in_domain=prof.n_val > 0)
     specs = {}
     for cell in grid:
         try:
@@ -595,12 +607,14 @@ def _captured(path: Path):
             yield logging.getLogger()
             yield from (lg for lg in list(logging.root.manager.loggerDict.values()) if isinstance(lg, logging.Logger))
 
+        seen = set()
         for lg in loggers():
             for h in lg.handlers:
-                if type(h) is logging.StreamHandler or (
-                    isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                ):
-                    swapped.append((h, h.setStream(f)))
+                console = isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                if console and id(h) not in seen:
+                    seen.add(id(h))
+                    swapped.append((h, h.stream))
+                    h.setStream(f)
         root = logging.getLogger()
         handler = logging.StreamHandler(f)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
@@ -682,7 +696,7 @@ def run_cell(spec: dict) -> dict:
     overrides = {**spec["settings"], **spec["paths"]}
     if kind == "train":
         overrides["resume"] = resume
-    started, t0 = _now(), time.perf_counter()
+    started, t0, cpu0 = _now(), time.perf_counter(), time.process_time()
     try:
         with _captured(cell_dir / LOG):
             from monai.bundle import ConfigWorkflow
@@ -726,6 +740,7 @@ def run_cell(spec: dict) -> dict:
         "started": started,
         "finished": _now(),
         "seconds": round(time.perf_counter() - t0, 2),
+        "cpu_seconds": round(time.process_time() - cpu0, 2),
         "device": _device_description(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -771,10 +786,13 @@ class _SerialExecutor:
 
     capacity = 1
 
-    def submit(self, fn, *args) -> Future:
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def submit(self, fn, spec) -> Future:
         future: Future = Future()
         try:
-            future.set_result(fn(*args))
+            future.set_result(fn({**spec, "threads": self.threads}))
         except Exception as e:  # noqa: BLE001 - reported by the scheduler
             future.set_exception(e)
         return future
@@ -795,12 +813,12 @@ def _init_worker(counter, devices: tuple[str, ...], threads: int) -> None:
 
 
 class _PoolExecutor:
-    def __init__(self, workers: int, devices: tuple[str, ...]):
+    def __init__(self, workers: int, devices: tuple[str, ...], threads: int | None = None):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("spawn")
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.capacity = workers
         self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                         initargs=(ctx.Value("i", 0), devices, self.threads))
@@ -813,7 +831,8 @@ class _PoolExecutor:
 
 
 class _RayExecutor:
-    def __init__(self, address: str, cpus_per_cell: float = 1, gpus_per_cell: float | None = None):
+    def __init__(self, address: str, cpus_per_cell: float = 1, gpus_per_cell: float | None = None,
+                 threads: int | None = None):
         import ray
 
         if not ray.is_initialized():
@@ -821,7 +840,7 @@ class _RayExecutor:
         resources = ray.cluster_resources()
         if gpus_per_cell is None:
             gpus_per_cell = 1 if resources.get("GPU", 0) >= 1 else 0
-        self.threads = max(1, int(cpus_per_cell))
+        self.threads = threads or max(1, int(cpus_per_cell))
         self.capacity = max(1, int(resources.get("CPU", 1) // cpus_per_cell))
         if gpus_per_cell:
             self.capacity = min(self.capacity, max(1, int(resources.get("GPU", 1) // gpus_per_cell)))
@@ -834,12 +853,15 @@ class _RayExecutor:
         pass
 
 
-def _executor(workers: int, devices: tuple[str, ...], ray_address: str | None):
+def _executor(workers: int, devices: tuple[str, ...], ray_address: str | None, threads: int | None = None):
+    """Torch threads per cell: ``threads``, else the CPU cores divided among the workers (one process per cell
+    and one thread each avoids thread oversubscription, which slows small convolutions down by orders of
+    magnitude on a busy machine); in-process runs keep torch's default unless ``threads`` is given."""
     if ray_address:
-        return _RayExecutor(ray_address)
+        return _RayExecutor(ray_address, threads=threads)
     if workers > 1:
-        return _PoolExecutor(workers, devices)
-    return _SerialExecutor()
+        return _PoolExecutor(workers, devices, threads)
+    return _SerialExecutor(threads)
 
 
 @dataclass
@@ -860,6 +882,7 @@ def execute(
     progress: bool = True,
     executor=None,
     poll_s: float = 5.0,
+    threads: int | None = None,
 ) -> Outcome:
     """Run this plan's unfinished cells, each after the cells it depends on; failures do not stop the others.
 
@@ -880,7 +903,7 @@ def execute(
     if not todo:
         outcome.wall_seconds = time.perf_counter() - t0
         return outcome
-    executor = executor or _executor(workers, tuple(devices), ray_address)
+    executor = executor or _executor(workers, tuple(devices), ray_address, threads)
     in_run = {c.id for c in todo}
     done = {c.id for c in p.grid if c.id not in in_run and p.is_done(c.id)}
     pending: list[Cell] = list(todo)
@@ -1031,15 +1054,30 @@ def _tables(p: Plan, rows: list[dict]) -> dict:
     }
 
 
+def _diagonal(p: Plan) -> str | None:
+    """What the matrix shows on its diagonal: ``oracle``, ``in-domain`` (held-out validation scans) or None."""
+    return "oracle" if p.with_oracle else "in-domain" if p.profile.n_val > 0 else None
+
+
+def _matrix_columns(p: Plan) -> list[str]:
+    sources = set(p.selection["sources"]) if _diagonal(p) else set()
+    return [d for d in DOMAINS if d in set(p.selection["targets"]) | sources]
+
+
 def _matrix_section(p: Plan, t: dict) -> list[str]:
     sources = p.selection["sources"]
-    columns = [d for d in DOMAINS if d in set(p.selection["targets"]) | (set(sources) if p.with_oracle else set())]
+    columns = _matrix_columns(p)
     rows = []
     for s in sources:
         rows.append([f"**{SHORT[s]}**"] + [
             (f"**{_fmt(t['matrix'].get((s, c)))}**" if s == c else _fmt(t["matrix"].get((s, c)))) for c in columns
         ])
-    diag = "oracle (3-fold CV) on the diagonal" if p.with_oracle else "no oracle (run with --oracle for the diagonal)"
+    diag = {
+        "oracle": "oracle (3-fold cross-validation inside the domain) on the diagonal",
+        "in-domain": f"on the diagonal (in-domain reference) the source model on its own {p.profile.n_val} held-out "
+        "validation scan(s); --oracle puts the 3-fold cross-validation oracle there instead",
+        None: "no in-domain reference (run with --oracle for the diagonal)",
+    }[_diagonal(p)]
     return [
         "## Baseline: mean surface Dice of each source model on every scan of each target",
         "",
@@ -1101,6 +1139,11 @@ def _wins_section(p: Plan, t: dict, offered: dict) -> list[str]:
                 f"significant p<0.05 ({short})"], rows),
         "",
     ]
+    most = max((r.n_scans for r in t["pairs"]), default=0)
+    if 0 < most < 10:
+        lines += [f"With at most {most} test scans per pair the smallest p-value a sign test can reach is "
+                  f"{min(1.0, 2 / 2**most):.3g}: significance needs more test scans (CC359 has about 59 per target).",
+                  ""]
     if len(t["pairs"]) <= 60:
         prow = []
         for r in t["pairs"]:
@@ -1227,7 +1270,7 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     written = []
     # 1. baseline matrix
     sources = list(p.selection["sources"])
-    columns = [d for d in DOMAINS if d in set(p.selection["targets"]) | (set(sources) if p.with_oracle else set())]
+    columns = _matrix_columns(p)
     grid = np.full((len(sources), len(columns)), np.nan)
     for i, s in enumerate(sources):
         for j, c in enumerate(columns):
@@ -1244,7 +1287,8 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     ax.set_yticks(range(len(sources)), [SHORT[s] for s in sources])
     ax.set_xlabel("target (test) domain")
     ax.set_ylabel("source (training) domain")
-    ax.set_title("Baseline surface Dice" + (" (diagonal: oracle)" if p.with_oracle else ""))
+    diagonal = {"oracle": " (diagonal: oracle)", "in-domain": " (diagonal: held-out source scans)", None: ""}
+    ax.set_title("Baseline surface Dice" + diagonal[_diagonal(p)])
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     written.append(out / "baseline_matrix.png")
@@ -1277,7 +1321,8 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     ax.set_ylabel("surface Dice (mean over pairs ± std)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.set_title("Fine-tuning on the target: surface Dice vs annotated slices")
     fig.tight_layout()
     written.append(out / "sdice_vs_slices.png")
@@ -1286,27 +1331,26 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
 
     # 3. wins per budget
     strategies = list(p.selection["strategies"])
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(7.4, 3.8))
     x = np.arange(len(budgets))
     width = 0.8 / (len(strategies) + 1)
-    n_pairs = 0
+    n_pairs = max([1] + [t["wins"].get(n, {}).get("pairs", 0) for n in budgets])
     for k, s in enumerate([*strategies, "ties"]):
+        offset = x + (k - len(strategies) / 2) * width
         counts = [t["wins"].get(n, {}).get(s, 0) for n in budgets]
-        sig = [t["wins"].get(n, {}).get(f"{s}@p<0.1", 0) for n in budgets] if s != "ties" else None
         colour = colours.get(s, "lightgrey")
-        bars = ax.bar(x + (k - len(strategies) / 2) * width, counts, width, color=colour, alpha=0.45,
+        bars = ax.bar(offset, counts, width, color=colour, alpha=0.45 if s != "ties" else 1.0,
                       label=STRATEGY_NAMES.get(s, s))
-        if sig is not None:
-            ax.bar(x + (k - len(strategies) / 2) * width, sig, width, color=colour, alpha=1.0,
-                   label=f"{STRATEGY_NAMES[s]}, p < 0.1")
+        if s != "ties":
+            significant = [t["wins"].get(n, {}).get(f"{s}@p<0.1", 0) for n in budgets]
+            ax.bar(offset, significant, width, color=colour, alpha=1.0, label="_nolegend_")
         ax.bar_label(bars, fontsize=7)
-        n_pairs = max([n_pairs] + [t["wins"].get(n, {}).get("pairs", 0) for n in budgets])
     ax.set_xticks(x, [_budget_label(n, offered).replace(" offered", "") for n in budgets], fontsize=8)
-    ax.set_xlabel("slice budget")
-    ax.set_ylabel(f"wins (of {n_pairs} pairs)")
-    ax.set_ylim(0, max(1, n_pairs) * 1.15)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Best strategy per pair (light: wins; dark: significant, sign test p < 0.1)")
+    ax.set_xlabel("slice budget (nominal; slices offered in parentheses)")
+    ax.set_ylabel(f"wins (of {n_pairs} pair(s))")
+    ax.set_ylim(0, n_pairs * 1.15)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title("Best strategy per pair (dark part: significant, sign test p < 0.1)", fontsize=10)
     fig.tight_layout()
     written.append(out / "wins.png")
     fig.savefig(written[-1], dpi=120)
@@ -1319,8 +1363,9 @@ def _cell_records(p: Plan) -> dict[str, dict]:
     for cell in p.grid:
         if p.is_done(cell.id):
             r = json.loads((p.cell_dir(cell.id) / DONE).read_text())
-            out[cell.id] = {k: r.get(k) for k in ("seconds", "started", "finished", "device", "host", "resumed",
-                                                  "fingerprint", "overrides", "effective", "seed", "train_slices")}
+            out[cell.id] = {k: r.get(k) for k in ("seconds", "cpu_seconds", "started", "finished", "device", "host",
+                                                  "resumed", "fingerprint", "overrides", "effective", "seed",
+                                                  "train_slices")}
             out[cell.id]["status"] = "done"
         else:
             out[cell.id] = {"status": "failed" if (p.cell_dir(cell.id) / ERROR).is_file() else "pending",
@@ -1350,6 +1395,7 @@ def write_manifest(p: Plan, argv: Sequence[str] | None = None, outcome: Outcome 
             "blocked": outcome.blocked, "wall_seconds": round(outcome.wall_seconds, 1)},
         "cells": records,
         "cell_seconds_total": round(sum(r.get("seconds") or 0 for r in records.values()), 1),
+        "cell_cpu_seconds_total": round(sum(r.get("cpu_seconds") or 0 for r in records.values()), 1),
     }
     path = p.output_dir / "manifest.json"
     _write_json(path, manifest)
@@ -1413,12 +1459,13 @@ def run(
     argv: Sequence[str] | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> tuple[Outcome, str | None]:
     """Execute the plan, then (unless sharded) write the tables, figures and summary; the manifest always."""
     p.output_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(p, argv)
     outcome = execute(p, workers=workers, devices=devices, ray_address=ray_address, wait_s=wait_s,
-                      progress=progress)
+                      progress=progress, threads=threads)
     write_manifest(p, argv, outcome)
     text = None
     if p.shard is None:

@@ -9,8 +9,8 @@ A row is a mapping with at least ``source, target, strategy, n_slices, id, surfa
 Definitions (PROTOCOL.md):
 
 * a pair's score for a run is the mean surface Dice over that run's test scans;
-* a strategy *wins* a (pair, budget) if its mean is the highest; if the two highest means are equal the
-  (pair, budget) is a *tie* and nobody wins it;
+* a strategy *wins* a (pair, budget) if its mean is the highest; if the two highest means are equal (within
+  ``TIE_TOLERANCE``) the (pair, budget) is a *tie* and nobody wins it;
 * significance: an exact two-sided sign test of the winner against the runner-up over the pair's test scans
   (paired by scan id; scans where both are equal are dropped);
 * gap closed = ``(sDice_ft - sDice_base) / (sDice_oracle - sDice_base)``, all three means over the SAME test
@@ -43,6 +43,7 @@ __all__ = [
 
 FIXED_STRATEGIES = ("first", "last", "full")
 REFERENCE = ("baseline", "oracle")
+TIE_TOLERANCE = 1e-9  # top means closer than this are equal (summation noise of 6-decimal per-scan values)
 
 
 class SignTest(NamedTuple):
@@ -109,11 +110,14 @@ def _scores(rows: Iterable[Mapping], metric: str = "surface_dice") -> dict[tuple
 
 
 def baseline_matrix(rows: Iterable[Mapping], metric: str = "surface_dice") -> dict[tuple[str, str], float]:
-    """Mean ``metric`` per (source, target): the baseline off the diagonal, the oracle on it (when present)."""
+    """Mean ``metric`` per (source, target): the baseline off the diagonal; on it the oracle when present, else
+    the baseline's own in-domain rows (a source model on held-out scans of its own domain), if any."""
     matrix = {}
-    for (strategy, source, target, _), per_scan in _scores(rows, metric).items():
-        if strategy in REFERENCE:
-            matrix[(source, target)] = _mean(per_scan.values())
+    scores = _scores(rows, metric)
+    for strategy in REFERENCE:  # the oracle last: it takes the diagonal
+        for (kind, source, target, _), per_scan in scores.items():
+            if kind == strategy:
+                matrix[(source, target)] = _mean(per_scan.values())
     return matrix
 
 
@@ -154,7 +158,7 @@ def pair_results(
         (best, winner), (second, runner_up) = ranked[-1], ranked[-2]
         common = sorted(set(by_strategy[winner]) & set(by_strategy[runner_up]))
         test = sign_test([by_strategy[winner][i] for i in common], [by_strategy[runner_up][i] for i in common])
-        if best == second:  # a tie at the top: no winner; the order of the two is arbitrary
+        if best - second <= TIE_TOLERANCE:  # a tie at the top: no winner; the order of the two is arbitrary
             out.append(PairResult(source, target, n_slices, means, n_scans, None, runner_up, test))
         else:
             out.append(PairResult(source, target, n_slices, means, n_scans, winner, runner_up, test))
