@@ -1,8 +1,10 @@
 """Build a small six-scanner demo dataset from real anatomy, in CC359's official layout.
 
 Every subject is the Colin27 head (``custom/resources/colin27_t1.nii.gz``, see ``custom/resources/NOTICE``)
-and its cleaned brain mask, turned into a new "subject" by a smooth random deformation, a head-size
-change (scale 0.9-1.1) and a small change of pose (rotations up to a few degrees, shifts up to 6 mm).
+and its cleaned brain mask, turned into a new "subject" by a smooth random deformation (cubic B-spline
+field from a coarse 5 x 6 x 5 random grid, 1.5-3 mm standard deviation), a head-size change (scale
+0.9-1.1, up to 3 % anisotropic) and a change of pose (pitch up to 10 degrees, roll up to 4, yaw up to 6,
+shifts up to 6 mm).
 The image and the mask are resampled through the SAME coordinate map (image: linear interpolation;
 mask: linear interpolation thresholded at 0.5), so the mask stays aligned with the anatomy.
 
@@ -17,23 +19,33 @@ Six simulated scanners carry CC359's domain names and differ the way real scanne
 - Rician noise with a per-domain level; a per-domain stored intensity range (int16);
 - voxel spacing (mirrors CC359: ``siemens_3`` 1.33 mm along the first axis, ``philips_15`` y = z drawn
   from 0.889-1.0 mm, ``philips_3`` y = z 0.982 or 1.0 mm, others 1 mm);
-- field of view (background margins) and neck coverage (how much of the inferior head is cropped);
+- field of view (background margins) and neck coverage (from 32 mm more neck than the source has,
+  for ``ge_15``, to 4 mm of the inferior head cut away, for ``philips_15``; the source's lowest slice
+  is repeated downwards with a fading signal to give a neck, outside the mask);
 - resolution: a per-domain anisotropic Gaussian point-spread function, wider in-plane at 1.5 T.
+
+The per-domain numbers are in ``DOMAINS`` below.
 
 Arrays are RAS-oriented like the source (axis 0 left-right, axis 1 posterior-anterior, axis 2
 inferior-superior); the 2D model slices along the LAST axis (axial slices).
 
-Layout (``CC0001`` ids are consecutive over the domains in the order above, age 20-80, sex M/F)::
+Layout (ids ``CC0001``... are consecutive over the domains in the order siemens_15, siemens_3, ge_15, ge_3,
+philips_15, philips_3; age 20-80 and sex M/F drawn at random)::
 
     <output_dir>/Original/CC0001_siemens_15_58_F.nii.gz          int16 image
     <output_dir>/Silver-standard/CC0001_siemens_15_58_F_ss.nii.gz  uint8 0/1 brain mask
     <output_dir>/mosaic.png                                       one axial slice per domain + contour
 
-``--resolution small`` (default) doubles every domain's spacing (about 2 mm voxels, e.g. ``siemens_15``
-2 x 2 x 2 mm, 92 x 112 x 90 voxels; ``siemens_3`` 2.66 mm along the first axis), which keeps the CPU demo
-fast; ``--resolution full`` writes the CC359-like ~1 mm spacing (about 184 x 224 x 180 voxels) for GPU
-runs. Measured generation time, default options (6 domains x 8 subjects, small): about 10 s of one CPU
-core (the code is single-threaded); full resolution: about 80 s.
+``--resolution small`` (default) doubles every domain's spacing: about 2 mm voxels (``siemens_15``,
+``ge_15``, ``ge_3`` 2 x 2 x 2 mm; ``siemens_3`` 2.66 x 2 x 2 mm; ``philips_15`` 2 x s x s with s from
+1.778 to 2.0; ``philips_3`` 2 x s x s with s 1.964 or 2.0), e.g. 98 x 118 x 101 voxels for ``siemens_15``,
+which keeps the CPU demo fast. ``--resolution full`` writes the CC359-like ~1 mm spacing (e.g.
+196 x 236 x 202 voxels) for GPU runs.
+
+Measured generation time (one process, the default ``--workers 1``): 6 domains x 8 subjects at ``small``
+take about 21 s of CPU time (18.6 s user + 2.1 s system; 22 s wall-clock on an idle 2-core machine),
+about 75 MB of output; ``full`` takes about 3.5 s of CPU time per scan (about 3 min for 48 scans, about
+0.5 GB). ``--workers N`` spreads the scans over N processes (0: one per CPU) without changing the files.
 
 The same seed gives bit-identical files. Each (domain, subject) draws from its own random stream
 ``(seed, domain index, subject index)``.

@@ -113,7 +113,7 @@ def test_full_resolution_spacing():
 
 def test_deterministic_per_seed(tmp_path):
     a = make_demo_data(tmp_path / "a", n_subjects=1, seed=3, verbose=False)
-    b = make_demo_data(tmp_path / "b", n_subjects=1, seed=3, verbose=False)
+    b = make_demo_data(tmp_path / "b", n_subjects=1, seed=3, workers=2, verbose=False)  # processes: same files
     c = make_demo_data(tmp_path / "c", n_subjects=1, seed=4, verbose=False)
     for sub in ("Original", "Silver-standard"):
         names_a = sorted(p.name for p in (a / sub).iterdir())
@@ -192,7 +192,9 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kwargs", [{"n_subjects": 0}, {"n_subjects": 1.5}, {"resolution": "huge"}, {"seed": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"n_subjects": 0}, {"n_subjects": 1.5}, {"resolution": "huge"}, {"seed": -1}, {"workers": -1}]
+)
 def test_bad_options_raise(tmp_path, kwargs):
     with pytest.raises(ValueError):
         make_demo_data(tmp_path / "data", verbose=False, **kwargs)
