@@ -10,8 +10,8 @@ import importlib
 from custom import bundle_cli
 
 __all__ = [
-    "adapters", "bundle_cli", "cc359", "checkpoints", "data", "experiment", "export", "freeze", "handlers", "inference",
-    "metrics", "networks", "options", "splits", "stats", "transforms",
+    "adapters", "bundle_cli", "cc359", "checkpoints", "data", "export", "freeze", "handlers", "inference", "metrics",
+    "networks", "options", "splits", "transforms",
 ]
 
 
