@@ -225,3 +225,26 @@ def test_adapter_refuses_other_source_weights(trained_source, data, tmp_path):
     torch.save(state, other)
     with pytest.raises(AdapterError, match="made for source weights with sha256"):
         apply_adapter(other, adapter)
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_with_two_cpu_processes(trained_source, data, tmp_path):
+    """multi_gpu_train.yaml through torchrun: two gloo processes, one final model, an adapter, synced weights."""
+    bundle = copy_bundle(FINETUNE["first"], tmp_path)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "monai.bundle", "run", "--config_file",
+           str([str(bundle / "configs/train.yaml"), str(bundle / "configs/multi_gpu_train.yaml")]),
+           "--dataset_dir", str(data), "--datalist_file", str(trained_source["datalist"]), "--output_dir", str(out),
+           "--final_model", str(out / "model.pt"), "--adapter_path", str(out / "adapter.pt"),
+           "--source_weights", str(trained_source["model"]), "--init_weights", str(trained_source["model"]),
+           "--max_epochs", "1", "--lr_decay_epoch", "1", "--slice_interval", "4", "--iterations_per_epoch", "4",
+           "--batch_size", "2", "--spacing", "[4.0,3.8,3.8]", "--roi_size", "[32,32]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tuned = torch.load(out / "model.pt", weights_only=True)
+    source = torch.load(trained_source["model"], weights_only=True)
+    assert not torch.equal(tuned["init_path.0.weight"], source["init_path.0.weight"])
+    assert torch.equal(tuned["down2.3.conv_path.0.layer.weight"], source["down2.3.conv_path.0.layer.weight"])
+    assert all(torch.equal(v, t) for v, t in zip(apply_adapter(trained_source["model"], out / "adapter.pt").values(),
+                                                  tuned.values(), strict=True))
