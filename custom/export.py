@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,8 @@ import textwrap
 import warnings
 import zipfile
 from pathlib import Path
+
+from custom.checkpoints import sha256
 
 __all__ = ["ExportError", "WeightsHashError", "export_bundle", "main", "verified", "verify_bundle"]
 
@@ -89,14 +90,6 @@ class WeightsHashError(ValueError):
 
 # ---- hash verification (runs inside exported bundles) ------------------------------------------------------------
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _recorded_hashes(bundle_root: str | Path) -> dict[str, str]:
     meta = Path(bundle_root) / META
     if not meta.is_file():
@@ -115,7 +108,7 @@ def _check(rel: str, path: Path, expected: str, bundle_root: Path) -> None:
         if (bundle_root / LARGE_FILES).is_file():
             hint = f"; fetch it with: python -m monai.bundle download_large_files --bundle_path {bundle_root}"
         _fail(f"{rel}: weight file missing{hint}")
-    actual = _sha256(path)
+    actual = sha256(path)
     if actual != expected:
         _fail(f"{rel}: sha256 is {actual} but {META} ({HASH_KEY}) records {expected}: the file was changed or "
               "corrupted (if you replaced it on purpose, record its new sha256 there)")
@@ -619,7 +612,7 @@ def export_bundle(
                                "strategy": str(_read_adapter(adapter).get("strategy", ""))}
 
         def write_meta() -> None:
-            hashes = {rel: _sha256(stage / rel) for rel in sorted(files)}
+            hashes = {rel: sha256(stage / rel) for rel in sorted(files)}
             (stage / META).write_text(json.dumps({**meta, HASH_KEY: hashes}, indent=4) + "\n")
 
         write_meta()
