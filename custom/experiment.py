@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import hashlib
 import io
 import json
@@ -40,7 +41,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,13 +141,13 @@ DEMO = Profile(
     roi_size=(64, 64),
     baseline={"max_epochs": 4, "lr_decay_epoch": 3, "iterations_per_epoch": 50, "batch_size": 16,
               "learning_rate": 0.01},
-    finetune={"max_epochs": 4, "lr_decay_epoch": 3, "iterations_per_epoch": 16, "batch_size": 8,
-              "learning_rate": 0.01},
-    n_val=0,
+    finetune={"max_epochs": 8, "lr_decay_epoch": 6, "iterations_per_epoch": 16, "batch_size": 8,
+              "learning_rate": 0.015},
+    n_val=1,
     sources=("siemens_15",),
     targets=("ge_15", "philips_15"),
     budgets=(5, 24, 90),
-    demo_subjects=4,
+    demo_subjects=5,
     workers=2,
 )
 
@@ -164,8 +165,16 @@ PAPER_VALUES = {
 
 def _schedule_text(values: dict) -> str:
     v = {**PAPER_VALUES["baseline"], **values}
-    return (f"{v['max_epochs']} epoch(s) x {v['iterations_per_epoch']} iteration(s), batch {v['batch_size']}, "
+    epochs, its = v["max_epochs"], v["iterations_per_epoch"]
+    return (f"{epochs} epoch{'s' * (epochs != 1)} x {its} iteration{'s' * (its != 1)}, batch {v['batch_size']}, "
             f"lr {v['learning_rate']:g} x0.1 at epoch {v['lr_decay_epoch']}")
+
+
+def _lr_steps(values: dict) -> float:
+    """The sum of the learning rate over all steps (how far SGD can move the weights)."""
+    v = {**PAPER_VALUES["baseline"], **values}
+    decay = min(v["lr_decay_epoch"], v["max_epochs"])
+    return v["learning_rate"] * v["iterations_per_epoch"] * (decay + 0.1 * (v["max_epochs"] - decay))
 
 
 def shortened(profile: Profile) -> list[str]:
@@ -187,12 +196,12 @@ def shortened(profile: Profile) -> list[str]:
             mine = {**paper, **values}
             ratio = paper["max_epochs"] * paper["iterations_per_epoch"] / max(
                 1, mine["max_epochs"] * mine["iterations_per_epoch"])
-            why = ", hence the larger learning rate" if mine["learning_rate"] > paper["learning_rate"] else ""
-            lines.append(f"{name}: {_schedule_text(mine)} (paper: {_schedule_text(paper)}; {ratio:.0f}x fewer "
-                         f"steps{why})")
+            lines.append(f"{name}: {_schedule_text(mine)} (paper: {_schedule_text(paper)}); {ratio:.0f}x fewer "
+                         f"steps, so a larger learning rate: summed over all steps it is {_lr_steps(mine):.2f} "
+                         f"(paper {_lr_steps(paper):.2f})")
     if profile.n_val != PAPER_VALUES["n_val"]:
-        lines.append(f"{profile.n_val} validation scans per baseline instead of 4 (validation only logs; the last "
-                     "epoch is kept either way)")
+        lines.append(f"{profile.n_val} held-out validation scan(s) per source instead of 4 (they only serve as the "
+                     "in-domain reference on the baseline matrix's diagonal; the last epoch is kept either way)")
     default_grid = (DOMAINS, DOMAINS, STRATEGIES, ALL_BUDGETS)
     if (profile.sources, profile.targets, profile.strategies, profile.budgets) != default_grid:
         lines.append(f"default grid: sources {', '.join(profile.sources)} -> targets {', '.join(profile.targets)}; "
@@ -550,6 +559,46 @@ def plan(
     return p
 
 
+def assembly(p: Plan) -> Plan:
+    """The plan the tables are assembled from: this plan's cells plus every other cell of the profile's full grid
+    that is finished in the same output dir with the same settings (an earlier run with other subset flags)."""
+    present = {s.domain for s in p.scans}
+    mine = {c.id for c in p.grid}
+    full = build_grid([d for d in DOMAINS if d in present], [d for d in DOMAINS if d in present], STRATEGIES,
+                      ALL_BUDGETS, with_oracle=True, in_domain=p.profile.n_val > 0)
+    specs = dict(p.specs)
+    for cell in full:
+        if cell.id in mine or not (p.cell_dir(cell.id) / DONE).is_file():
+            continue
+        try:
+            datalist = _cell_datalist(cell, p.scans, p.profile)
+        except ValueError:
+            continue
+        specs[cell.id] = _spec(cell, datalist, p.profile, p.data_dir, p.output_dir, p.bundles_dir)
+    extra = {c.id for c in full if c.id not in mine and c.id in specs}
+    probe = Plan(p.profile, p.data_dir, p.output_dir, p.bundles_dir, [], specs, p.selection, p.with_oracle, None,
+                 p.scans)
+    extra = {i for i in extra if probe.is_done(i)}
+    if not extra:
+        return replace(p, shard=None)
+    grid = [c for c in full if c.id in mine or c.id in extra]
+    grid += [c for c in p.grid if c.id not in {g.id for g in grid}]
+    used = [c for c in grid if c.id in mine or c.id in extra]
+    pick = lambda values, order: tuple(v for v in order if v in values)  # noqa: E731
+    selection = {
+        "profile": p.profile,
+        "sources": pick({c.source for c in used if c.role != "oracle"} | set(p.selection["sources"]), DOMAINS),
+        "targets": pick({c.target for c in used if c.role in STRATEGIES or (c.role == "baseline" and c.target
+                         and c.target != c.source)} | set(p.selection["targets"]), DOMAINS),
+        "strategies": pick({c.role for c in used if c.role in STRATEGIES} | set(p.selection["strategies"]),
+                           STRATEGIES),
+        "budgets": pick({c.n_slices for c in used if c.n_slices} | set(p.selection["budgets"]), ALL_BUDGETS),
+    }
+    with_oracle = p.with_oracle or any(c.role == "oracle" for c in used if c.id in extra)
+    return Plan(p.profile, p.data_dir, p.output_dir, p.bundles_dir, grid, specs, selection, with_oracle, None,
+                p.scans)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # running one cell (in this process, a worker process or a Ray worker)
 # ---------------------------------------------------------------------------------------------------------------
@@ -712,13 +761,14 @@ def run_cell(spec: dict) -> dict:
             workflow.initialize()
             effective = _effective(workflow, kind)
             workflow.run()
-            extra = {}
+            extra, dataset = {}, None
             if kind == "train":
                 dataset = workflow.parser.get_parsed_content("train#dataset")
                 extra["train_slices"] = int(getattr(dataset, "n_slices", -1))
                 extra["train_scans"] = len(spec["datalist"].get("training", []))
             workflow.finalize()
-            del workflow
+            del workflow, dataset
+            gc.collect()  # engines and handlers hold reference cycles: free the model and data before the next cell
         outputs = _check_outputs(spec)
     except BaseException:
         _atomic_write(cell_dir / ERROR, traceback.format_exc())
@@ -1007,6 +1057,13 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _num(value, digits: int = 6) -> str:
+    """A number for a CSV cell: empty when missing or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{digits}f}"
+
+
 def _fmt_p(p: float | None) -> str:
     if p is None:
         return "–"
@@ -1220,7 +1277,8 @@ def _claim_section(p: Plan, t: dict) -> list[str]:
     lines = head + [
         f"Budgets of at most {SMALL_BUDGET} slices ({budgets}), {total} (pair, budget) comparison(s): first layers "
         f"have the higher mean surface Dice in {first_better}, last layers in {last_better}, equal in {equal}; "
-        f"mean over them: first {mf:.3f} vs last {ml:.3f}. On this data, {verdict} at small budgets.",
+        f"mean over them: first {mf:.3f} vs last {ml:.3f}. On this data, {verdict} at small budgets"
+        + (f" (only {total} comparisons: indicative, not conclusive)." if total < 10 else "."),
     ]
     if "full" in strategies:
         wins = {s: sum(c[s] for n, c in t["wins"].items() if n in small) for s in strategies}
@@ -1275,7 +1333,7 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     for i, s in enumerate(sources):
         for j, c in enumerate(columns):
             grid[i, j] = t["matrix"].get((s, c), np.nan)
-    fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 2.2, 0.8 * len(sources) + 1.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(columns) + 2.4), 0.8 * len(sources) + 2.2))
     im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="viridis")
     for i in range(len(sources)):
         for j in range(len(columns)):
@@ -1287,8 +1345,9 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     ax.set_yticks(range(len(sources)), [SHORT[s] for s in sources])
     ax.set_xlabel("target (test) domain")
     ax.set_ylabel("source (training) domain")
-    diagonal = {"oracle": " (diagonal: oracle)", "in-domain": " (diagonal: held-out source scans)", None: ""}
-    ax.set_title("Baseline surface Dice" + diagonal[_diagonal(p)])
+    diagonal = {"oracle": "\ndiagonal: oracle (3-fold CV)", "in-domain": "\ndiagonal: held-out scans of the source",
+                None: ""}
+    ax.set_title("Baseline surface Dice" + diagonal[_diagonal(p)], fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     written.append(out / "baseline_matrix.png")
@@ -1310,7 +1369,8 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
                 hi.append(m["mean"] + m["std"])
         if not xs:
             continue
-        style = dict(ls="--", marker="") if key in ("baseline", "oracle") else dict(ls="-", marker="o")
+        styles = {"baseline": dict(ls="--", marker=""), "oracle": dict(ls=":", marker="")}
+        style = styles.get(key, dict(ls="-", marker="o"))
         ax.plot(xs, ys, color=colours[key], label=STRATEGY_NAMES.get(key, key), **style)
         if key in STRATEGIES and len(xs) > 0:
             ax.fill_between(xs, lo, hi, color=colours[key], alpha=0.15, lw=0)
@@ -1421,14 +1481,14 @@ def report(p: Plan, outcome: Outcome | None = None) -> str:
     t = _tables(p, rows)
     strategies = p.selection["strategies"]
     win_rows = [{"source": r.source, "target": r.target, "n_slices": r.n_slices, "n_scans": r.n_scans,
-                 **{f"mean_{s}": _fmt(r.means.get(s), 6) for s in strategies}, "winner": r.winner or "tie",
+                 **{f"mean_{s}": _num(r.means.get(s)) for s in strategies}, "winner": r.winner or "tie",
                  "runner_up": r.runner_up or "", "n_plus": r.test.n_plus if r.test else "",
                  "n_minus": r.test.n_minus if r.test else "", "n_ties": r.test.n_ties if r.test else "",
                  "p": f"{r.test.p:.6g}" if r.test else ""} for r in t["pairs"]]
     win_cols = ["source", "target", "n_slices", "n_scans", *(f"mean_{s}" for s in strategies), "winner",
                 "runner_up", "n_plus", "n_minus", "n_ties", "p"]
     _atomic_write(out / "wins.csv", _csv_text(win_rows, win_cols))
-    gap_rows = [{**g, **{k: _fmt(g[k], 6) for k in ("base", "oracle", "ft", "gap")}} for g in t["gaps"]]
+    gap_rows = [{**g, **{k: _num(g[k]) for k in ("base", "oracle", "ft", "gap")}} for g in t["gaps"]]
     _atomic_write(out / "gap_closed.csv", _csv_text(gap_rows, ["strategy", "source", "target", "n_slices", "base",
                                                                "oracle", "ft", "gap"]))
     offered = _train_slices(p)
@@ -1469,7 +1529,7 @@ def run(
     write_manifest(p, argv, outcome)
     text = None
     if p.shard is None:
-        text = report(p, outcome)
+        text = report(assembly(p), outcome)
     else:
         i, n = p.shard
         echo(f"reproduce: shard {i}/{n}: ran {len(outcome.ran)} cell(s), {len(outcome.skipped_done)} already "

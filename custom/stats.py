@@ -227,7 +227,8 @@ def gap_closed(rows: Iterable[Mapping], metric: str = "surface_dice") -> list[di
     or ``oracle <= base``)."""
     scores = _scores(rows, metric)
     out = []
-    for (strategy, source, target, n_slices), per_scan in sorted(scores.items(), key=lambda kv: str(kv[0])):
+    order = sorted(scores.items(), key=lambda kv: (kv[0][3] or 0, kv[0][1], kv[0][2], kv[0][0]))
+    for (strategy, source, target, n_slices), per_scan in order:
         if strategy in REFERENCE:
             continue
         ids = set(per_scan)

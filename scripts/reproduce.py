@@ -3,12 +3,13 @@
 Usage::
 
     python scripts/reproduce.py --profile demo --data_dir demo_data --output_dir results/demo
-    python scripts/reproduce.py --profile paper --data_dir /data/cc359 --output_dir results/paper --oracle
+    python scripts/reproduce.py --profile paper --data_dir CC359 --output_dir results/paper --oracle
     python scripts/reproduce.py --profile paper ... --sources siemens_15,ge_3 --targets philips_3 \\
         --strategies first,last --budgets 5,24,270
 
-Cells: 6 baseline trainings (one2all) and their evaluations on each other domain (30), with ``--oracle`` 3-fold
-cross-validation per domain (18 trainings + 18 evaluations), and per ordered source -> target pair, strategy
+Cells: 6 baseline trainings (one2all) and their evaluations on each other domain (30) and on their own held-out
+validation scans (6, the in-domain reference), with ``--oracle`` 3-fold cross-validation per domain (18 trainings
++ 18 evaluations), and per ordered source -> target pair, strategy
 (first | last | full) and slice budget (5 ... 800) one fine-tuning and one evaluation on the target's test scans
 (30 x 3 x 9 = 810 each). Each cell runs a bundle in-process (``monai.bundle.ConfigWorkflow``) and lives in
 ``<output_dir>/cells/<kind>/<role>/...``; its ``done.json`` (written last) marks it finished. A rerun skips finished
@@ -19,13 +20,16 @@ Profiles:
 * ``paper``: PROTOCOL.md exactly, i.e. the bundles' defaults: resampling to 1 x 0.95 x 0.95 mm, 256 x 256 crops,
   baseline 100 epochs x 100 iterations, batch 32, lr 1e-3 x0.1 at epoch 80, 4 validation scans; fine-tuning
   'dart20' (20 epochs x 100 iterations, batch 32, lr x0.1 at 15); all 30 pairs x 3 strategies x 9 budgets.
-* ``demo``: the CPU demo (about 8 minutes on 2 CPU cores, data generation included). It shortens EXACTLY this:
-  the simulated six-scanner demo data (``scripts/make_demo_data.py``, 4 subjects per domain, ~2 mm voxels,
-  generated when ``--data_dir`` is missing or empty) instead of CC359; resampling to 2.0 x 1.9 x 1.9 mm; 64 x 64
-  crops; baseline 4 epochs x 50 iterations, batch 16, lr 1e-2 x0.1 at epoch 3, no validation scans; fine-tuning
-  4 epochs x 16 iterations, batch 8, lr 1e-2 x0.1 at epoch 3; grid siemens_15 -> ge_15, philips_15 with budgets
-  5, 24, 90 (the slice interval k of each budget is the protocol's, so a ~100-slice demo scan offers about 100/k
-  slices: about 2, 9 and 37). Surface Dice keeps its 1 mm tolerance. ``summary.md`` lists the same in its header.
+* ``demo``: the CPU demo (estimated 7-8 minutes on 2 otherwise idle CPU cores, data generation included). It
+  shortens EXACTLY this: the simulated six-scanner demo data (``scripts/make_demo_data.py``, 5 subjects per
+  domain, ~2 mm voxels, generated when ``--data_dir`` is missing or empty) instead of CC359; resampling to
+  2.0 x 1.9 x 1.9 mm; 64 x 64 crops; baseline 4 epochs x 50 iterations, batch 16, lr 1e-2 x0.1 at epoch 3, with
+  1 held-out validation scan (the in-domain reference on the matrix diagonal) instead of 4; fine-tuning 8 epochs x
+  16 iterations, batch 8, lr 1.5e-2 x0.1 at epoch 6 (the learning rate summed over all steps, 1.49, stays close to
+  the paper's 1.55); grid siemens_15 -> ge_15, philips_15 with budgets 5, 24, 90 (each budget keeps the
+  protocol's slice interval k, so a ~100-slice demo scan offers about 100/k slices: about 2, 9 and 37). Surface
+  Dice keeps its 1 mm tolerance. No oracle unless ``--oracle``. Cells run in 2 processes of 1 torch thread each.
+  ``summary.md`` lists the same in its header.
 
 Scale-out: ``--workers N`` runs cells in N spawned processes (``--devices 0,1``: round-robin GPUs through
 CUDA_VISIBLE_DEVICES); ``--ray_address ADDR`` (or ``--ray-address``) runs them as Ray tasks on an existing cluster
@@ -37,7 +41,7 @@ Outputs in ``--output_dir``: ``results.csv`` (source, target, strategy, n_slices
 surface_dice, dice: one row per run x test scan), ``summary.md``, ``wins.csv``, ``gap_closed.csv``,
 ``baseline_matrix.png``, ``sdice_vs_slices.png``, ``wins.png``, ``manifest.json`` (overrides, seeds, versions, device,
 per-cell timings) and ``cells/``. Bad input: one line ``reproduce: error: ...`` on stderr, exit 2, nothing written.
-Exit 1 when a cell failed (the tables still hold every finished cell).
+Exit 1 when a cell failed or could not run (the tables still hold every finished cell).
 """
 
 from __future__ import annotations
@@ -132,8 +136,13 @@ def reproduce(
         device_list = experiment.parse_devices(devices)
         if device_list and workers < 2 and not ray_address:
             raise UsageError("--devices needs --workers N (N >= 2)")
-        if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
-            raise UsageError(f"malformed --ray_address {ray_address!r}")
+        if ray_address is not None:
+            if not isinstance(ray_address, str) or not ray_address.strip():
+                raise UsageError(f"malformed --ray_address {ray_address!r}")
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise UsageError("--ray_address needs the ray package (pip install ray)") from None
         if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or wait_s < 0:
             raise UsageError(f"--wait_s must be a number of seconds >= 0, got {wait_s!r}")
         if data_dir is None:
@@ -153,11 +162,6 @@ def reproduce(
                             shard=shard)
     except (UsageError, ValueError, OSError) as e:
         _fail(str(e))
-    if ray_address is not None:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            _fail("--ray_address needs the ray package (pip install ray)")
     outcome, text = experiment.run(p, workers=workers, devices=device_list, ray_address=ray_address,
                                    wait_s=float(wait_s), argv=argv, progress=bool(progress), threads=threads)
     if text is not None:

@@ -128,14 +128,15 @@ def test_selection_validation():
 def test_profiles_document_what_they_shorten():
     assert E.shortened(E.PAPER) == []
     demo = "\n".join(E.shortened(E.DEMO))
-    doc = SCRIPT.read_text()
-    for text in ("2.0 x 1.9 x 1.9", "64 x 64", "4 epoch(s) x 50 iteration(s), batch 16",
-                 "4 epoch(s) x 16 iteration(s), batch 8", "4 subjects", "0 validation scans",
-                 "siemens_15 -> targets ge_15, philips_15"):
+    doc = " ".join(SCRIPT.read_text().split())
+    for text in ("2.0 x 1.9 x 1.9", "64 x 64", "4 epochs x 50 iterations, batch 16, lr 0.01 x0.1 at epoch 3",
+                 "8 epochs x 16 iterations, batch 8, lr 0.015 x0.1 at epoch 6", "5 subjects",
+                 "1 held-out validation scan", "siemens_15 -> targets ge_15, philips_15", "budgets 5, 24, 90"):
         assert text in demo
-    for text in ("2.0 x 1.9 x 1.9", "4 epochs x 50 iterations, batch 16", "4 epochs x 16 iterations, batch 8",
-                 "4 subjects per domain", "siemens_15 -> ge_15, philips_15", "5, 24, 90"):
-        assert text in doc
+    for text in ("2.0 x 1.9 x 1.9", "64 x 64", "4 epochs x 50 iterations, batch 16, lr 1e-2 x0.1 at epoch 3",
+                 "8 epochs x 16 iterations, batch 8, lr 1.5e-2 x0.1 at epoch 6", "5 subjects per domain",
+                 "1 held-out", "siemens_15 -> ge_15, philips_15", "5, 24, 90"):
+        assert text in doc, text
 
 
 # ---- planning on a real (tiny) dataset ---------------------------------------------------------------------------
@@ -246,9 +247,35 @@ def test_shards_resume_and_reports(tiny_data, tmp_path):
     assert {k for k in after if after[k] != before.get(k)} == {"eval/last/siemens_15_to_ge_3/5slices"}
     assert not (victim / "stale.txt").exists()
 
+    # a run of a subset still assembles the tables from every finished cell of the output dir
+    outcome, text = E.run(E.plan(TINY, tiny_data, out, strategies="first"), progress=False, threads=1)
+    assert outcome.ran == [] and "| last layers |" in text
+    with open(out / "results.csv", newline="") as f:
+        assert {r["strategy"] for r in csv.DictReader(f)} == {"baseline", "first", "last"}
+
     # the same folder with other settings is refused before anything is touched
     with pytest.raises(E.UsageError, match="other settings"):
         E.plan(replace(TINY, finetune={**TINY.finetune, "iterations_per_epoch": 2}), tiny_data, out)
+
+
+def test_unfinished_cells_restart_clean_and_trainings_keep_their_checkpoints(tmp_path):
+    spec = {"fingerprint": "abc", "cell": {"kind": "train"}}
+    cell = tmp_path / "cell"
+    (cell / "checkpoints").mkdir(parents=True)
+    (cell / "checkpoints" / "checkpoint_epoch=3.pt").write_bytes(b"x")
+    (cell / "model.pt").write_bytes(b"half")
+    (cell / "tb").mkdir()
+    (cell / E.PLAN).write_text(json.dumps({"fingerprint": "abc"}))
+    assert E._prepare(cell, spec) is True  # same plan: resume from the checkpoint
+    assert sorted(p.name for p in cell.iterdir()) == ["checkpoints"]
+    (cell / E.PLAN).write_text(json.dumps({"fingerprint": "other"}))
+    assert E._prepare(cell, spec) is False  # another plan: start from scratch
+    assert list(cell.iterdir()) == []
+    (cell / "checkpoints").mkdir()
+    (cell / "checkpoints" / "checkpoint_epoch=1.pt").write_bytes(b"x")
+    (cell / E.PLAN).write_text(json.dumps({"fingerprint": "abc"}))
+    assert E._prepare(cell, {"fingerprint": "abc", "cell": {"kind": "eval"}}) is False
+    assert list(cell.iterdir()) == []
 
 
 def test_failed_cell_blocks_its_dependents_and_is_reported(tiny_data, tmp_path):
@@ -304,6 +331,20 @@ def test_ray_tasks_match_a_single_process(tiny_data, serial_run, tmp_path):
         ray.shutdown()
 
 
+def test_workers_get_gpus_round_robin(monkeypatch):
+    import multiprocessing
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # restored after the test
+        monkeypatch.setenv(var, "1")
+    counter = multiprocessing.Value("i", 0)
+    seen = []
+    for _ in range(5):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        E._init_worker(counter, ("0", "1"), 3)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["0", "1", "0", "1", "0"] and os.environ["OMP_NUM_THREADS"] == "3"
+
+
 # ---- the command line --------------------------------------------------------------------------------------------
 
 
@@ -323,6 +364,8 @@ def cli(*args, cwd=None):
         (["--shard", "2/2"], "malformed --shard"),
         (["--shard", "1"], "malformed --shard"),
         (["--workers", "0"], "--workers"),
+        (["--profile", "paper", "--devices", "0,1"], "--devices needs --workers"),
+        (["--devices", "a"], "malformed --devices"),
         (["--profile", "paper"], "does not exist"),
     ],
 )
