@@ -6,12 +6,13 @@ so MONAI Label, tests and library users are untouched. It does two things there:
 * an option that no config file defines (``--max_epoch 5`` for ``--max_epochs``) stops the run with a one-line
   error, instead of becoming a silently ignored new config id;
 * a bad input (a corrupt or missing file, NaN voxels, an empty mask, a wrong adapter, ...) ends the run with one
-  line naming the file and the problem (exit code 2) instead of a page of traceback; set
-  ``BUNDLE_TRACEBACK=1`` to see the traceback too.
+  line naming the file and the problem (exit code 2) instead of a page of traceback; the engines' own error logs
+  of that exception are silenced too. Set ``BUNDLE_TRACEBACK=1`` to see the traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import zipfile
@@ -68,6 +69,33 @@ def _excepthook(exc_type, exc, tb):
         sys.stderr.write(f"error: {_message(error)}\n")
         sys.stderr.flush()
         os._exit(2)
+
+
+class _QuietUserErrors(logging.Filter):
+    """Drop ERROR records logged while a user error unwinds (ignite's "terminating due to exception", MONAI's
+    traceback): the excepthook reports it once, in one line. Bugs keep every log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or os.environ.get("BUNDLE_TRACEBACK"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return exc is None or user_error(exc) is None
+
+
+def _quiet_user_error_logs() -> None:
+    """Put the filter on every logger: those that exist now, and (through the logger class) those made later,
+    such as the ones MONAI's handlers create with their own stdout handlers."""
+    quiet = _QuietUserErrors()
+
+    class QuietLogger(logging.getLoggerClass()):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.addFilter(quiet)
+
+    logging.setLoggerClass(QuietLogger)
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger):
+            logger.addFilter(quiet)
 
 
 def _config_ids(config_files: list[str]) -> set[str]:
@@ -131,6 +159,7 @@ def install() -> None:
     if not _is_bundle_cli() or sys.excepthook is _excepthook:
         return
     sys.excepthook = _excepthook
+    _quiet_user_error_logs()
     problem = check_options(sys.argv[1:])
     if problem:
         sys.stderr.write(f"error: {problem}\n")

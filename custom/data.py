@@ -14,6 +14,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from custom.cc359 import index_dataset
 from custom.splits import candidate_slices, one2all, one2one
+from custom.transforms import InputError
 
 __all__ = ["SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist", "one2one_datalist"]
 
@@ -28,11 +29,19 @@ def load_datalist(path: str) -> dict:
         try:
             raw = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a JSON datalist ({e})") from None
+            raise InputError(f"{path}: not a JSON datalist ({e})") from None
     base = Path(path).resolve().parent
     out = {k: v for k, v in raw.items() if k not in DATALIST_KEYS}
     for key in DATALIST_KEYS:
         out[key] = load_decathlon_datalist(path, data_list_key=key, base_dir=base) if raw.get(key) else []
+    # the same scan twice in one list would silently weigh it double (or count it twice in a test)
+    for key in DATALIST_KEYS:
+        seen: set[tuple[str, str]] = set()
+        for item in out[key]:
+            for field in ("id", "image"):
+                if field in item and (field, str(item[field])) in seen:
+                    raise InputError(f"{path}: duplicate {field} {item[field]} in {key!r}")
+                seen.add((field, str(item.get(field))))
     return out
 
 

@@ -6,6 +6,7 @@ import csv
 import logging
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ignite.engine import Engine, Events
 
 from custom.checkpoints import atomic_save, latest
 
-__all__ = ["EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resume"]
+__all__ = ["CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resume"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +36,27 @@ class SetEpoch:
 
 
 class EpochCheckpoint:
-    """Save ``objects`` plus the engine's own state after every epoch (the newest only), for ``resume``."""
+    """Save ``objects`` plus the engine's own state after every epoch (the newest only), for ``resume``.
+
+    Written atomically (temporary file, then rename): a run killed while saving keeps its previous checkpoint
+    intact instead of leaving a truncated newest one that ``resume`` would choke on. Only rank 0 writes.
+    """
 
     def __init__(self, folder: str, objects: dict):
-        self.folder, self.objects = folder, objects
+        self.folder, self.objects = Path(folder), objects
 
     def attach(self, engine: Engine) -> None:
-        from monai.handlers import CheckpointSaver
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-        # every process builds it (ignite synchronises ranks here); only rank 0 writes
-        saver = CheckpointSaver(self.folder, {**self.objects, "trainer": engine}, save_interval=1, n_saved=1,
-                                epoch_level=True)
-        saver.attach(engine)
+    def __call__(self, engine: Engine) -> None:
+        if _rank() > 0:
+            return
+        state = {name: getattr(obj, "module", obj).state_dict() for name, obj in self.objects.items()}
+        path = atomic_save({**state, "trainer": engine.state_dict()},
+                           self.folder / f"checkpoint_epoch={engine.state.epoch}.pt")
+        for old in [*self.folder.glob("checkpoint_epoch=*.pt"), *self.folder.glob(".checkpoint_epoch=*")]:
+            if old != path:
+                old.unlink(missing_ok=True)  # older epochs, and temporary files of a killed save
 
 
 def resume(trainer: Engine, folder: str, objects: dict, enabled: bool = True) -> str | None:
@@ -123,3 +133,37 @@ class PerScanCSV:
             writer.writerows(self._rows)
         os.replace(tmp, self.path)
         logger.info("wrote per-scan metrics of %d scans to %s", len(self._rows), self.path)
+
+
+class CommitOnCompletion:
+    """A run's files appear in ``output_dir`` only once the whole run has succeeded.
+
+    Writers (``SaveImaged``) write into ``staging``, a hidden sibling of ``output_dir``. When the engine COMPLETES,
+    every staged file is renamed into ``output_dir`` (same file system, so each move is atomic); when it raises,
+    the staging folder is removed and ``output_dir`` is left exactly as it was: a bad 7th volume leaves neither
+    six new masks nor an overwritten earlier result. List it FIRST among the handlers: the first EXCEPTION_RAISED
+    handler to re-raise is the last one ignite calls.
+    """
+
+    def __init__(self, output_dir: str):
+        out = Path(output_dir).absolute()
+        self.output_dir = out
+        self.staging = str(out.parent / f".{out.name}.partial-{os.getpid()}")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self.commit)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.discard)
+
+    def commit(self, engine: Engine | None = None) -> None:
+        staging = Path(self.staging)
+        if not staging.is_dir():
+            return
+        for staged in sorted(p for p in staging.rglob("*") if p.is_file()):
+            target = self.output_dir / staged.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+        shutil.rmtree(staging)
+
+    def discard(self, engine: Engine, error: Exception) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        raise error

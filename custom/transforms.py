@@ -6,6 +6,7 @@ threshold 0.5 for the mask) -> clip to the volume's [1st, 99th] percentile and s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -25,7 +26,10 @@ from monai.transforms import (
     Spacingd,
 )
 
-__all__ = ["ApplyMaskd", "InputError", "LoadVolumed", "ValidateVolumed", "find_volumes", "preprocessing", "source_name"]
+__all__ = [
+    "ApplyMaskd", "InputError", "LoadVolumed", "ValidateVolumed", "checks", "find_volumes", "preprocessing",
+    "source_name",
+]
 
 PAPER_SPACING = (1.0, 0.95, 0.95)
 
@@ -168,6 +172,14 @@ class ApplyMaskd(MapTransform):
         return d
 
 
+def checks(keys: Sequence[str] = ("image", "label"), load: bool = True) -> list:
+    """Read and validate: the first steps of the preprocessing, and alone a quick check of a dataset's scans."""
+    keys = list(keys)
+    steps: list = [LoadVolumed(keys, ensure_channel_first=True, image_only=True)] if load else []
+    steps.append(ValidateVolumed(keys, image_key=keys[0], label_key=keys[1] if len(keys) > 1 else None))
+    return steps
+
+
 def preprocessing(
     keys: Sequence[str] = ("image", "label"),
     spacing: Sequence[float] = PAPER_SPACING,
@@ -190,10 +202,7 @@ def preprocessing(
     """
     keys = list(keys)
     image_key, label_key = keys[0], (keys[1] if len(keys) > 1 else None)
-    steps: list = []
-    if load:
-        steps.append(LoadVolumed(keys, ensure_channel_first=True, image_only=True))
-    steps.append(ValidateVolumed(keys, image_key=image_key, label_key=label_key))
+    steps = checks(keys, load)
     steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=True))
     if keep_original:
         from monai.transforms import CopyItemsd
@@ -225,4 +234,13 @@ def find_volumes(folder: str | Path) -> list[dict]:
     items = [{"image": str(p)} for p in files] + [{"image": str(d)} for d in dicom_dirs]
     if not items:
         raise InputError(f"{folder}: no NIfTI, NRRD, MHA or DICOM volumes found")
+    # outputs mirror the input folders, named as SaveImaged does (without .gz and one more extension):
+    # a.nii and a.nii.gz side by side would write the same mask
+    seen: dict[Path, Path] = {}
+    for path in [*files, *dicom_dirs]:
+        root, ext = os.path.splitext(path.name)
+        stem = path.parent / (os.path.splitext(root)[0] if ext == ".gz" else root)
+        if stem in seen:
+            raise InputError(f"{path}: same name as {seen[stem]}; their masks would overwrite each other")
+        seen[stem] = path
     return items

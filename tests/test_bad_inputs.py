@@ -2,88 +2,19 @@
 
 from __future__ import annotations
 
-import gzip
-import subprocess
-import sys
-from pathlib import Path
+import json
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
 from custom.checkpoints import load_state_dict
 from custom.transforms import InputError, preprocessing
-from tests.bundle_utils import SOURCE
-
-SPACING = (4.0, 3.8, 3.8)
-
-
-def _head(shape=(24, 28, 20)):
-    """A small head-like volume and its brain mask (ellipsoids)."""
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    r = np.sqrt((grid**2).sum(0))
-    image = np.where(r < 0.9, 80.0, 5.0) + np.where(r < 0.6, 40.0, 0.0)
-    return image.astype(np.float32), (r < 0.6).astype(np.uint8)
-
-
-def _save(path: Path, array, affine=None, zooms=None) -> Path:
-    img = nib.Nifti1Image(array, np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine)
-    if zooms is not None:
-        img.header.set_zooms(zooms)
-    nib.save(img, str(path))
-    return path
-
-
-@pytest.fixture
-def good(tmp_path):
-    image, mask = _head()
-    return _save(tmp_path / "img.nii.gz", image), _save(tmp_path / "mask.nii.gz", mask)
-
-
-def _bad_image(tmp_path, kind):
-    image, _ = _head()
-    path = tmp_path / f"{kind}.nii.gz"
-    if kind == "truncated_gzip":
-        _save(path, image)
-        path.write_bytes(path.read_bytes()[:400])
-    elif kind == "not_nifti":
-        path.write_bytes(gzip.compress(b"this is a text file, not an image" * 20))
-    elif kind == "image_2d":
-        _save(path, image[:, :, 0])
-    elif kind == "image_4d":
-        _save(path, np.stack([image, image, image], axis=-1))
-    elif kind == "nan_voxels":
-        image[3, 3, 3] = np.nan
-        _save(path, image)
-    elif kind == "inf_voxels":
-        image[3, 3, 3] = np.inf
-        _save(path, image)
-    elif kind == "constant":
-        _save(path, np.full_like(image, 7.0))
-    elif kind == "absurd_spacing":
-        _save(path, image, affine=np.diag([250.0, 250.0, 250.0, 1.0]))
-    elif kind == "missing":
-        pass
-    return path
-
-
-IMAGE_PROBLEMS = {
-    "truncated_gzip": "cannot read",
-    "not_nifti": "cannot read",
-    "image_2d": "expected a 3D volume",
-    "image_4d": "4D image with 3 volumes",
-    "nan_voxels": "NaN or infinite",
-    "inf_voxels": "NaN or infinite",
-    "constant": "constant",
-    "absurd_spacing": "implausible voxel spacing",
-    "missing": "file not found",
-}
+from tests.corpus import IMAGE_PROBLEMS, MASK_PROBLEMS, SPACING, bad_image, bad_mask, good_pair, head, save
 
 
 @pytest.mark.parametrize("kind", sorted(IMAGE_PROBLEMS))
 def test_bad_image_is_named_with_its_problem(tmp_path, kind):
-    path = _bad_image(tmp_path, kind)
+    path = bad_image(tmp_path, kind)
     with pytest.raises(Exception) as info:
         preprocessing(keys=["image"], spacing=SPACING)({"image": str(path)})
     error = _own(info.value)
@@ -99,45 +30,23 @@ def _own(exc):
 
 
 def test_singleton_fourth_axis_is_simply_handled(tmp_path):
-    image, _ = _head()
-    path = _save(tmp_path / "t1_4d.nii.gz", image[..., None])
+    image, _ = head()
+    path = save(tmp_path / "t1_4d.nii.gz", image[..., None])
     out = preprocessing(keys=["image"], spacing=SPACING)({"image": str(path)})["image"]
     assert out.ndim == 4 and out.shape[0] == 1
 
 
-def _mask_case(tmp_path, kind):
-    image, mask = _head()
-    img = _save(tmp_path / "img.nii.gz", image)
-    if kind == "empty_mask":
-        m = _save(tmp_path / "m.nii.gz", np.zeros_like(mask))
-    elif kind == "non_binary_mask":
-        m = _save(tmp_path / "m.nii.gz", mask * 3)
-    elif kind == "shape_mismatch":
-        m = _save(tmp_path / "m.nii.gz", mask[:-2])
-    elif kind == "affine_mismatch":
-        m = _save(tmp_path / "m.nii.gz", mask, affine=np.diag([1.0, 1.0, 1.3, 1.0]))
-    return img, m
-
-
-MASK_PROBLEMS = {
-    "empty_mask": "the mask is empty",
-    "non_binary_mask": "not binary",
-    "shape_mismatch": "differs from image shape",
-    "affine_mismatch": "geometry (affine) differs",
-}
-
-
 @pytest.mark.parametrize("kind", sorted(MASK_PROBLEMS))
 def test_bad_mask_is_named_with_its_problem(tmp_path, kind):
-    img, mask = _mask_case(tmp_path, kind)
+    img, mask = bad_mask(tmp_path, kind)
     with pytest.raises(Exception) as info:
         preprocessing(keys=["image", "label"], spacing=SPACING)({"image": str(img), "label": str(mask)})
     message = str(_own(info.value))
     assert str(mask) in message and MASK_PROBLEMS[kind] in message
 
 
-def test_good_pair_passes(good):
-    img, mask = good
+def test_good_pair_passes(tmp_path):
+    img, mask = good_pair(tmp_path)
     out = preprocessing(keys=["image", "label"], spacing=SPACING)({"image": str(img), "label": str(mask)})
     assert float(out["image"].max()) == pytest.approx(1.0) and set(torch.unique(out["label"]).tolist()) == {0.0, 1.0}
 
@@ -153,51 +62,51 @@ def test_weights_are_loaded_as_tensors_only(tmp_path, content):
         load_state_dict(path)
 
 
-# ---- the real command line: one line on stderr, exit 2, nothing written --------------------------------------
-
-def _run_inference(tmp_path, inputs: Path, *extra: str):
-    out = tmp_path / "out"
-    weights = tmp_path / "model.pt"
-    from custom.networks import UNet2D
-
-    torch.save(UNet2D().state_dict(), weights)
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(SOURCE / "configs" / "inference.yaml"),
-         "--dataset_dir", str(inputs), "--output_dir", str(out), "--model_path", str(weights),
-         "--spacing", "[4.0,3.8,3.8]", *extra],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )
-    return proc, out
+# ---- datalists and input folders ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_cli_bad_volume_gives_one_line_and_no_output(tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    bad = _bad_image(inputs, "nan_voxels")
-    proc, out = _run_inference(tmp_path, inputs)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and str(bad) in last and "NaN" in last
-    assert not out.exists() or not any(out.iterdir())
+@pytest.mark.parametrize("field", ["id", "image"])
+def test_duplicate_scan_in_a_datalist_list_is_refused(tmp_path, field):
+    from custom.data import load_datalist
+
+    img, mask = good_pair(tmp_path)
+    other, other_mask = good_pair(tmp_path, "other")
+    second = {"image": str(img if field == "image" else other), "label": str(other_mask),
+              "id": "a" if field == "id" else "b"}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": [{"image": str(img), "label": str(mask), "id": "a"}, second]}))
+    with pytest.raises(InputError, match=f"datalist.json: duplicate {field} .* in 'training'"):
+        load_datalist(str(path))
 
 
-@pytest.mark.slow
-def test_cli_unknown_option_is_refused(tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    _save(inputs / "ok.nii.gz", _head()[0])
-    proc, out = _run_inference(tmp_path, inputs, "--save_strippd", "True")
-    assert proc.returncode == 2
-    assert "unknown option --save_strippd" in proc.stderr.strip().splitlines()[-1]
-    assert not out.exists()
+def test_same_scan_in_validation_and_test_is_allowed(tmp_path):
+    """The in-domain reference evaluates the validation scans: the same scan in two lists is legitimate."""
+    from custom.data import load_datalist
+
+    img, mask = good_pair(tmp_path)
+    entry = {"image": str(img), "label": str(mask), "id": "a"}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"validation": [entry], "test": [entry]}))
+    assert load_datalist(str(path))["test"][0]["id"] == "a"
 
 
-@pytest.mark.slow
-def test_cli_empty_folder_is_refused(tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    proc, out = _run_inference(tmp_path, inputs)
-    assert proc.returncode == 2
-    assert "no NIfTI, NRRD, MHA or DICOM volumes found" in proc.stderr.strip().splitlines()[-1]
-    assert not out.exists()
+def test_not_json_datalist(tmp_path):
+    from custom.data import load_datalist
+
+    path = tmp_path / "datalist.json"
+    path.write_text("{training: ")
+    with pytest.raises(InputError, match="datalist.json: not a JSON datalist"):
+        load_datalist(str(path))
+
+
+def test_volumes_whose_masks_would_share_a_name_are_refused(tmp_path):
+    from custom.transforms import find_volumes
+
+    image, _ = head()
+    save(tmp_path / "a.nii.gz", image)
+    (tmp_path / "sub").mkdir()
+    save(tmp_path / "sub" / "a.nii.gz", image)  # another folder: its mask goes to sub/, no clash
+    assert len(find_volumes(tmp_path)) == 2
+    save(tmp_path / "a.nii", image)
+    with pytest.raises(InputError, match="a.nii.gz: same name as .*a.nii; their masks would overwrite"):
+        find_volumes(tmp_path)
