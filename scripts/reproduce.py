@@ -160,6 +160,7 @@ def reproduce(
         _ensure_data(data, prof)
         p = experiment.plan(prof, data, output, sources, targets, strategies, budgets, with_oracle=bool(oracle),
                             shard=shard)
+        experiment.check_scans(p, progress=bool(progress))
     except (UsageError, ValueError, OSError) as e:
         _fail(str(e))
     outcome, text = experiment.run(p, workers=workers, devices=device_list, ray_address=ray_address,
