@@ -5,16 +5,21 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from custom import experiment as E
-from custom.cc359 import DOMAINS
+from custom.cc359 import DOMAINS, index_dataset
 from custom.splits import BUDGETS
+from tests.corpus import IMAGE_PROBLEMS, MASK_PROBLEMS, corrupt_image, corrupt_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
@@ -258,6 +263,42 @@ def test_shards_resume_and_reports(tiny_data, tmp_path):
         E.plan(replace(TINY, finetune={**TINY.finetune, "iterations_per_epoch": 2}), tiny_data, out)
 
 
+# Fine-tuning long enough (4 epochs of 40 iterations) to be killed between two of its epoch checkpoints.
+KILLABLE = replace(TINY, finetune={"max_epochs": 4, "lr_decay_epoch": 3, "iterations_per_epoch": 40, "batch_size": 2})
+GRID_PROCESS = """
+import sys
+from custom import experiment as E
+from tests.test_reproduce import KILLABLE
+E.run(E.plan(KILLABLE, sys.argv[1], sys.argv[2]), progress=False, threads=1)
+"""
+
+
+@pytest.mark.slow
+def test_killed_grid_resumes_without_recomputing_finished_cells(tiny_data, tmp_path):
+    """SIGKILL the grid's process while a fine-tuning cell is mid-training, then run the grid again."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", GRID_PROCESS, str(tiny_data), str(out)], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = out / "cells" / CELLS[3]  # train/first/...: cells 0-2 are finished by the time it checkpoints
+    deadline = time.monotonic() + 300
+    while not list(victim.glob("checkpoints/*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the grid ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = markers(out)
+    assert sorted(finished) == sorted(CELLS[:3]) and not (victim / "done.json").exists()
+
+    outcome, text = E.run(E.plan(KILLABLE, tiny_data, out), progress=False, threads=1)
+    assert sorted(outcome.skipped_done) == sorted(CELLS[:3]) and outcome.ran == CELLS[3:] and not outcome.failed
+    after = markers(out)
+    assert {k: after[k] for k in finished} == finished  # finished cells untouched, not recomputed
+    assert sorted(after) == sorted(CELLS)
+    assert json.loads((victim / "done.json").read_text())["resumed"] is True  # from its last epoch checkpoint
+    with open(out / "results.csv", newline="") as f:
+        assert {r["strategy"] for r in csv.DictReader(f)} == {"baseline", "first", "last"}
+
+
 def test_unfinished_cells_restart_clean_and_trainings_keep_their_checkpoints(tmp_path):
     spec = {"fingerprint": "abc", "cell": {"kind": "train"}}
     cell = tmp_path / "cell"
@@ -377,6 +418,41 @@ def test_cli_bad_input(args, message, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("reproduce: error: ") and message in lines[0], result.stderr
     assert result.stdout == ""
     assert not out.exists() and not (tmp_path / "missing").exists()
+
+
+# The corpus, planted in a real dataset: where the scan index already refuses a file, its words differ.
+SCAN_PROBLEMS = {**IMAGE_PROBLEMS, "not_nifti": "cannot read the NIfTI header", "missing": "mask without an image",
+                 **MASK_PROBLEMS}
+
+
+@pytest.mark.slow
+def test_cli_bad_scan_stops_the_run_before_any_cell(tiny_data, tmp_path):
+    """Each broken scan: one line naming it, exit 2, no output folder - found before hours of cells, not after."""
+    scan = next(s for s in index_dataset(tiny_data) if s.domain == "siemens_15")
+
+    def one(kind: str) -> str | None:
+        data = shutil.copytree(tiny_data, tmp_path / kind / "data")
+        image, mask = (data / Path(p).relative_to(tiny_data) for p in (scan.image, scan.mask))
+        if kind in MASK_PROBLEMS:
+            corrupt_mask(mask, kind)
+        else:
+            corrupt_image(image, kind)
+        named = mask if kind in MASK_PROBLEMS or kind == "missing" else image
+        out = tmp_path / kind / "out"
+        result = cli("--profile", "demo", "--data_dir", data, "--output_dir", out, "--sources", "siemens_15",
+                     "--targets", "ge_15", "--strategies", "first", "--budgets", "5", "--workers", "1",
+                     "--progress", "False")
+        lines = result.stderr.strip().splitlines()
+        if result.returncode != 2 or len(lines) != 1 or result.stdout:
+            return f"exit {result.returncode}, stderr {lines[-3:]}"
+        if not lines[0].startswith("reproduce: error: ") or str(named) not in lines[0] or SCAN_PROBLEMS[kind] \
+                not in lines[0]:
+            return f"{lines[0]!r} should name {named} and say {SCAN_PROBLEMS[kind]!r}"
+        return "wrote output" if out.exists() else None
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = {k: why for k, why in zip(SCAN_PROBLEMS, pool.map(one, SCAN_PROBLEMS), strict=True) if why}
+    assert not failures, "\n".join(f"{k}: {why}" for k, why in failures.items())
 
 
 def test_cli_rejects_a_folder_that_is_not_a_dataset(tmp_path):
