@@ -3,10 +3,10 @@
 Usage::
 
     python scripts/export_bundle.py --bundle bundles/brain_extraction_first_layers \\
-        --output dist/brain_extraction_first_layers-0.1.0.zip
+        --output dist/brain_extraction_first_layers-0.1.1.zip
     python scripts/export_bundle.py --bundle bundles/brain_extraction_first_layers --adapter_only true
     python scripts/export_bundle.py --bundle bundles/brain_extraction_source --torchscript true --onnx true
-    python scripts/export_bundle.py --bundle ... --url_base https://example.org/releases/v0.1.0
+    python scripts/export_bundle.py --bundle ... --url_base https://example.org/releases/v0.1.1
 
 Options: ``--output`` (default ``dist/<name>-<version>.zip``), ``--adapter_only true`` (fine-tuning bundles: ship
 the adapter and the source weights instead of the whole model), ``--weights PATH`` (default

@@ -123,6 +123,24 @@ def test_all_bundles_build_identical_networks_and_preprocessing(data):
             torch.testing.assert_close(out.as_tensor(), reference_image.as_tensor())
 
 
+@pytest.mark.parametrize("config, workflow_type", [("train.yaml", "train"), ("inference.yaml", "infer")])
+@pytest.mark.parametrize("num_threads, expected", [(1, 1), (0, 2)])
+def test_num_threads_option(config, workflow_type, num_threads, expected):
+    """--num_threads N sets torch's CPU threads before anything runs; 0 leaves torch's setting alone."""
+    from monai.bundle import ConfigWorkflow
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        workflow = ConfigWorkflow(config_file=str(SOURCE / "configs" / config), workflow_type=workflow_type,
+                                  meta_file=str(SOURCE / "configs/metadata.json"), logging_file=False,
+                                  bundle_root=str(SOURCE), num_threads=num_threads)
+        workflow.initialize()
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_finetune_bundles_differ_only_in_strategy():
     texts = {k: (b / "configs/train.yaml").read_text().splitlines() for k, b in FINETUNE.items()}
     for strategy, lines in texts.items():
