@@ -322,8 +322,11 @@ def _meta_csv_command(root: str, out: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     import fire
 
+    from custom.options import refuse_unknown_options
+
     try:
-        fire.Fire({"index": _index_command, "meta_csv": _meta_csv_command}, command=argv)
+        commands = {"index": _index_command, "meta_csv": _meta_csv_command}
+        fire.Fire(commands, command=refuse_unknown_options(commands, argv, "error: "))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

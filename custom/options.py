@@ -1,6 +1,11 @@
-"""Command-line option values as configs receive them."""
+"""Command-line options: values as configs receive them, and strict option checking for our fire commands."""
 
-__all__ = ["flag"]
+from __future__ import annotations
+
+import inspect
+import sys
+
+__all__ = ["flag", "refuse_unknown_options", "unknown_option"]
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
@@ -15,3 +20,41 @@ def flag(value) -> bool:
     if text in _FALSE:
         return False
     raise ValueError(f"expected a true/false option value, got {value!r}")
+
+
+def unknown_option(fn, args: list[str]) -> str | None:
+    """The first ``--option`` in ``args`` that no parameter of ``fn`` takes (``None`` if all are known).
+
+    Fire calls a function with the options it recognises and only THEN reports the leftovers: without this check
+    a misspelt option (``--profil paper``) would run a whole job with the default instead.
+    """
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    for arg in args:
+        if arg == "--":  # fire's own flags follow
+            break
+        if not arg.startswith("--"):
+            continue
+        option = arg[2:].split("=", 1)[0]
+        name = option.replace("-", "_")
+        if name in params or name == "help" or (name.startswith("no") and name[2:] in params):
+            continue
+        return f"unknown option --{option}"
+    return None
+
+
+def refuse_unknown_options(component, argv: list[str] | None, prefix: str) -> list[str]:
+    """Check a fire command line before fire runs anything; exit 2 with one line ``<prefix>unknown option ...``.
+
+    ``component`` is the function, or a dict of named sub-commands. Returns the arguments to hand to fire.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    fn, rest = component, args
+    if isinstance(component, dict):
+        fn, rest = (component.get(args[0]), args[1:]) if args else (None, [])
+    problem = unknown_option(fn, rest) if callable(fn) else None
+    if problem:
+        print(f"{prefix}{problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return args

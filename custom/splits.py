@@ -308,8 +308,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> None:
     import fire
 
+    from custom.options import refuse_unknown_options
+
     try:
-        fire.Fire(COMMANDS, command=argv)
+        fire.Fire(COMMANDS, command=refuse_unknown_options(COMMANDS, argv, "error: "))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -826,12 +826,14 @@ def benchmark(
 def main(argv: list[str] | None = None) -> None:
     import fire
 
+    from custom.options import refuse_unknown_options
+
     args = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in args):
         print(__doc__.strip() + "\n\nOptions (python scripts/benchmark.py --name value):\n")
         print(inspect.cleandoc(benchmark.__doc__).split("Args:\n", 1)[1])
         return
-    fire.Fire(benchmark, command=args, name="benchmark")
+    fire.Fire(benchmark, command=refuse_unknown_options(benchmark, args, "benchmark: error: "), name="benchmark")
 
 
 if __name__ == "__main__":

@@ -470,6 +470,8 @@ def _progress(name: str, n: int, shapes: set, spacings: set, seconds: float) -> 
 def main(argv: list[str] | None = None) -> None:
     import fire
 
+    from custom.options import refuse_unknown_options
+
     def cli(
         output_dir: str = "demo_data",
         n_subjects: int = 8,
@@ -482,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cli.__doc__ = make_demo_data.__doc__
     try:
-        fire.Fire(cli, command=argv, name="make_demo_data")
+        fire.Fire(cli, command=refuse_unknown_options(cli, argv, "make_demo_data: error: "), name="make_demo_data")
     except (ValueError, FileNotFoundError) as err:
         print(f"make_demo_data: error: {err}", file=sys.stderr)
         sys.exit(2)

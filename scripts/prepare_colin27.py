@@ -121,8 +121,11 @@ def prepare_colin27(head: str, brain: str, output_dir: str = "custom/resources",
 def main(argv: list[str] | None = None) -> None:
     import fire
 
+    from custom.options import refuse_unknown_options
+
     try:
-        fire.Fire(prepare_colin27, command=argv, serialize=lambda _: None)
+        args = refuse_unknown_options(prepare_colin27, argv, "prepare_colin27: error: ")
+        fire.Fire(prepare_colin27, command=args, serialize=lambda _: None)
     except (ValueError, FileNotFoundError) as err:
         print(f"prepare_colin27: error: {err}", file=sys.stderr)
         sys.exit(2)

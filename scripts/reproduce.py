@@ -177,7 +177,9 @@ def reproduce(
 def main(argv: list[str] | None = None) -> None:
     import fire
 
-    fire.Fire(reproduce, command=argv, name="reproduce")
+    from custom.options import refuse_unknown_options
+
+    fire.Fire(reproduce, command=refuse_unknown_options(reproduce, argv, "reproduce: error: "), name="reproduce")
 
 
 if __name__ == "__main__":

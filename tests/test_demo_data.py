@@ -208,7 +208,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("bad", [["--n_subjects", "0"], ["--resolution", "huge"]])
+@pytest.mark.parametrize("bad", [["--n_subjects", "0"], ["--resolution", "huge"], ["--n_subject", "2"]])
 def test_cli_bad_option_one_line_error(tmp_path, bad):
     result = _cli("--output_dir", str(tmp_path / "data"), *bad)
     assert result.returncode == 2

@@ -408,6 +408,7 @@ def cli(*args, cwd=None):
         (["--profile", "paper", "--devices", "0,1"], "--devices needs --workers"),
         (["--devices", "a"], "malformed --devices"),
         (["--profile", "paper"], "does not exist"),
+        (["--profil", "paper"], "unknown option --profil"),  # refused before the demo default could run
     ],
 )
 def test_cli_bad_input(args, message, tmp_path):

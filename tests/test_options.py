@@ -1,0 +1,57 @@
+"""Option values and strict option checking of the fire command lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from custom.options import flag, refuse_unknown_options, unknown_option
+from tests.bundle_utils import ROOT
+
+
+def command(data_dir: str, ray_address: str | None = None, oracle: bool = False) -> None:
+    """A stand-in fire command."""
+
+
+@pytest.mark.parametrize("args", [
+    ["--data_dir", "x"], ["--data_dir=x"], ["x", "--ray-address", "auto"], ["--nooracle"], ["--oracle"],
+    ["--help"], ["x", "--", "--trace"],
+])
+def test_known_options_pass(args):
+    assert unknown_option(command, args) is None
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--data_dri", "x"], "--data_dri"), (["x", "--oracel"], "--oracel"), (["--noprofile"], "--noprofile"),
+])
+def test_unknown_options_are_named(args, option):
+    assert unknown_option(command, args) == f"unknown option {option}"
+
+
+def test_sub_commands_check_their_own_parameters(capsys):
+    commands = {"run": command}
+    assert refuse_unknown_options(commands, ["run", "--oracle"], "p: error: ") == ["run", "--oracle"]
+    with pytest.raises(SystemExit) as info:
+        refuse_unknown_options(commands, ["run", "--bogus", "1"], "p: error: ")
+    assert info.value.code == 2 and capsys.readouterr().err == "p: error: unknown option --bogus\n"
+
+
+@pytest.mark.parametrize("module, args", [
+    ("custom.cc359", ["index", ".", "--bogus", "1"]), ("custom.splits", ["budgets", "--bogus", "1"]),
+])
+def test_module_command_lines_refuse_unknown_options(module, args):
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 2 and result.stderr == "error: unknown option --bogus\n" and result.stdout == ""
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), ("false", False), ("YES", True), ("0", False)])
+def test_flag(value, expected):
+    assert flag(value) is expected
+
+
+def test_flag_rejects_other_text():
+    with pytest.raises(ValueError, match="true/false"):
+        flag("maybe")
