@@ -270,8 +270,11 @@ def others(repo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("others")
     state = torch.load(repo["source"], weights_only=True)
     state["shortcut0.bias"] += 1
+    (folder / "truncated.pt").write_bytes((repo["source"]).read_bytes()[:5000])
+    (folder / "junk.pt").write_bytes(b"these bytes are not a weights file")
     return {"other": atomic_save(state, folder / "source.pt"),
-            "narrow": atomic_save(UNet2D(n_filters=8).state_dict(), folder / "narrow.pt")}
+            "narrow": atomic_save(UNet2D(n_filters=8).state_dict(), folder / "narrow.pt"),
+            "truncated": folder / "truncated.pt", "junk": folder / "junk.pt"}
 
 
 BAD = {
@@ -279,6 +282,8 @@ BAD = {
     "missing weights": (["--bundle", "{first}", "--weights", "{root}/missing.pt"], "weights not found"),
     "weights of another network": (["--bundle", "{first}", "--weights", "{narrow}"], "do not fit the bundle's"),
     "not a weights file": (["--bundle", "{first}", "--weights", "{first}/models/adapter.pt"], "not hold a model"),
+    "truncated weights": (["--bundle", "{first}", "--weights", "{truncated}"], "not a readable tensor-only weights"),
+    "bytes that are no weights": (["--bundle", "{first}", "--weights", "{junk}"], "not a readable tensor-only"),
     "adapter for other source weights": (["--bundle", "{first}", "--adapter_only", "true", "--source_weights",
                                           "{other}"], "made for source weights with sha256"),
     "adapter-only source bundle": (["--bundle", "{source}", "--adapter_only", "true"], "no adapter"),
