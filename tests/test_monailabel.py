@@ -40,7 +40,8 @@ from custom.adapters import apply_adapter
 from custom.checkpoints import atomic_save, load_state_dict, sha256
 from custom.freeze import STRATEGIES
 from custom.networks import UNet2D
-from tests.label_server import ROOT, LabelServer, label_python
+from tests.corpus import corrupt_image
+from tests.label_server import ROOT, LabelServer, LabelServerError, label_python
 
 if not label_python().exists():
     pytest.skip(
@@ -413,6 +414,17 @@ def test_concurrent_inference_requests(server, studies):
     assert len(masks) == N_CONCURRENT
     assert all(np.array_equal(m, masks[0]) for m in masks)
     assert server.info()["models"][SOURCE]  # still answering
+
+
+def test_corrupt_study_is_refused_by_name_and_the_server_keeps_serving(server, studies, tmp_path):
+    """A study with NaN voxels: the request fails, the server log names the file and the problem in one line, and
+    the next request is served. (MONAI Label 0.8.5 answers any task error with a bare HTTP 500.)"""
+    bad = corrupt_image(Path(shutil.copy(studies.image(TINY), tmp_path / "corrupt.nii.gz")), "nan_voxels")
+    server.put_image("corrupt", bad)
+    with pytest.raises(LabelServerError, match=r"HTTP 500"):
+        server.infer(SOURCE, "corrupt", params=CPU, timeout=REQUEST_TIMEOUT)
+    assert re.search(r"InputError: \S*corrupt\.nii\.gz: contains NaN or infinite voxels", server.log_tail(200))
+    _check_geometry(server.infer(SOURCE, TINY, params=CPU, timeout=REQUEST_TIMEOUT), studies.image(TINY))
 
 
 def test_closing_leaves_no_server_process(server):
