@@ -27,8 +27,8 @@ from monai.transforms import (
 )
 
 __all__ = [
-    "ApplyMaskd", "InputError", "LoadVolumed", "ValidateVolumed", "checks", "find_volumes", "preprocessing",
-    "source_name",
+    "ApplyMaskd", "InputError", "LoadVolumed", "ValidateVolumed", "checks", "find_volumes", "mirror_root",
+    "preprocessing", "source_name",
 ]
 
 PAPER_SPACING = (1.0, 0.95, 0.95)
@@ -224,11 +224,14 @@ def preprocessing(
 
 
 def find_volumes(folder: str | Path) -> list[dict]:
-    """Every volume under ``folder``: NIfTI, NRRD, MHA/MHD files, and DICOM series (one folder of .dcm each)."""
+    """Every volume at ``folder``: NIfTI, NRRD, MHA/MHD files and DICOM series (one folder of .dcm each) below it;
+    ``folder`` may also be one volume itself (a file, or a DICOM series folder)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder")
     suffixes = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+    if folder.is_file() and folder.name.lower().endswith(suffixes):
+        return [{"image": str(folder)}]
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder (or NIfTI, NRRD or MHA file)")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
     dicom_dirs = sorted({p.parent for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm"})
     items = [{"image": str(p)} for p in files] + [{"image": str(d)} for d in dicom_dirs]
@@ -244,3 +247,13 @@ def find_volumes(folder: str | Path) -> list[dict]:
             raise InputError(f"{path}: same name as {seen[stem]}; their masks would overwrite each other")
         seen[stem] = path
     return items
+
+
+def mirror_root(dataset_dir: str | Path) -> str:
+    """The folder whose layout the outputs mirror (``SaveImaged(data_root_dir=...)``): ``dataset_dir``, or its
+    parent when ``dataset_dir`` is itself one volume (a file, or a folder of .dcm files), so that an output path
+    never climbs out of ``output_dir``."""
+    path = Path(dataset_dir)
+    if path.is_file() or (path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir() if p.is_file())):
+        return str(path.parent)
+    return str(path)

@@ -1,0 +1,86 @@
+"""What the inference command line accepts: a folder tree of NIfTI files and DICOM series, one series, one file.
+
+Real command lines (``python -m monai.bundle run``), real DICOM series written by ITK/GDCM. Masks mirror the
+input's subfolders and keep each input's exact geometry as the same reader loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import itk
+import numpy as np
+import pytest
+import torch
+from monai.transforms import LoadImage
+
+from custom.networks import UNet2D
+from tests.bundle_utils import SOURCE
+from tests.corpus import SPACING, head, save
+
+pytestmark = pytest.mark.slow
+
+
+def _dicom_series(folder: Path, spacing=(4.0, 3.8)) -> Path:
+    """The corpus head as a DICOM series of int16 slices (one file per slice)."""
+    folder.mkdir(parents=True)
+    array = (head()[0] * 10).astype(np.int16)
+    image = itk.image_from_array(np.ascontiguousarray(array.transpose(2, 1, 0)))  # ITK arrays are z, y, x
+    image.SetSpacing([*spacing, 1.0])
+    names = [str(folder / f"IM{i:04d}.dcm") for i in range(array.shape[2])]
+    writer = itk.ImageSeriesWriter[type(image), itk.Image[itk.SS, 2]].New(
+        Input=image, ImageIO=itk.GDCMImageIO.New(), FileNames=names)
+    writer.Update()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save(UNet2D().state_dict(), path)
+    return path
+
+
+def _infer(dataset: Path, out: Path, weights: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(SOURCE / "configs" / "inference.yaml"),
+         "--dataset_dir", str(dataset), "--output_dir", str(out), "--model_path", str(weights),
+         "--spacing", json.dumps(list(SPACING))],
+        capture_output=True, text=True, timeout=300, cwd=out.parent,
+    )
+
+
+def _same_geometry(mask: Path, source: Path) -> None:
+    loaded, original = LoadImage(image_only=True)(str(mask)), LoadImage(image_only=True)(str(source))
+    assert loaded.shape == original.shape
+    assert np.allclose(loaded.affine.numpy(), original.affine.numpy(), atol=1e-4)
+    assert set(np.unique(loaded.numpy())) <= {0, 1}
+
+
+def test_a_tree_of_series_and_files_is_mirrored(tmp_path, weights):
+    scans = tmp_path / "scans"
+    series = [_dicom_series(scans / "p1" / "T1"), _dicom_series(scans / "p2" / "T1")]  # same name, other patient
+    (scans / "p3").mkdir()
+    nifti = save(scans / "p3" / "t1.nii.gz", head()[0])
+    result = _infer(scans, tmp_path / "masks", weights)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = sorted(str(p.relative_to(tmp_path / "masks")) for p in (tmp_path / "masks").rglob("*") if p.is_file())
+    assert written == ["p1/T1_brainmask.nii.gz", "p2/T1_brainmask.nii.gz", "p3/t1_brainmask.nii.gz"]
+    for source, mask in zip([*series, nifti], written, strict=True):
+        _same_geometry(tmp_path / "masks" / mask, source)
+    assert not list(tmp_path.glob(".masks.partial-*"))  # the staging folder is gone
+
+
+@pytest.mark.parametrize("what", ["dicom series", "nifti file"])
+def test_one_volume_as_dataset_dir(tmp_path, weights, what):
+    """--dataset_dir may be one volume: its mask goes INTO output_dir, never beside it."""
+    scan = _dicom_series(tmp_path / "T1") if what == "dicom series" else save(tmp_path / "t1.nii.gz", head()[0])
+    result = _infer(scan, tmp_path / "masks", weights)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name = "T1_brainmask.nii.gz" if what == "dicom series" else "t1_brainmask.nii.gz"
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == [name]
+    assert not list(tmp_path.glob("*_brainmask.nii.gz"))
+    _same_geometry(tmp_path / "masks" / name, scan)
