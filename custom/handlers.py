@@ -156,14 +156,32 @@ class CommitOnCompletion:
 
     def commit(self, engine: Engine | None = None) -> None:
         staging = Path(self.staging)
-        if not staging.is_dir():
-            return
-        for staged in sorted(p for p in staging.rglob("*") if p.is_file()):
-            target = self.output_dir / staged.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, target)
-        shutil.rmtree(staging)
+        if staging.is_dir():
+            for staged in sorted(p for p in staging.rglob("*") if p.is_file()):
+                target = self.output_dir / staged.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+            shutil.rmtree(staging)
+        self._sweep_stale()
 
     def discard(self, engine: Engine, error: Exception) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+        self._sweep_stale()
         raise error
+
+    def _sweep_stale(self) -> None:
+        """Remove the staging folders of earlier runs that were killed (their process is gone)."""
+        for folder in self.output_dir.parent.glob(f".{self.output_dir.name}.partial-*"):
+            pid = folder.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
