@@ -191,6 +191,25 @@ def test_evaluate_workflow_writes_per_scan_metrics(trained_source, data, tmp_pat
     assert len(list(out.glob("*_brainmask.nii.gz"))) == 2
 
 
+def test_evaluate_masks_of_equal_file_names_do_not_clash(trained_source, data, tmp_path):
+    """Two scans named alike in different folders: --save_masks mirrors their folders instead of overwriting."""
+    bundle = trained_source["bundle"]
+    scans = json.loads(trained_source["datalist"].read_text())["test"][:2]
+    for site, scan in zip(("site_a", "site_b"), scans, strict=True):
+        for key in ("image", "label"):
+            link = tmp_path / site / key / "scan.nii.gz"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(scan[key])
+            scan[key] = str(link)
+    dl = tmp_path / "datalist.json"
+    dl.write_text(json.dumps({"test": scans}))
+    out = tmp_path / "eval"
+    run_workflow([bundle / "configs/inference.yaml", bundle / "configs/evaluate.yaml"], bundle, "infer",
+                 datalist_file=str(dl), output_dir=str(out), spacing=FAST["spacing"], save_masks=True)
+    masks = sorted(str(p.relative_to(out)) for p in out.rglob("*_brainmask.nii.gz"))
+    assert masks == ["site_a/image/scan_brainmask.nii.gz", "site_b/image/scan_brainmask.nii.gz"]
+
+
 def _finetune(strategy, trained_source, data, tmp_path, **extra):
     bundle = copy_bundle(FINETUNE[strategy], tmp_path)
     model, adapter = tmp_path / "ft" / "model.pt", tmp_path / "ft" / "adapter.pt"
