@@ -1358,6 +1358,12 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    def save(fig, path: Path) -> Path:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
     written = []
     # 1. baseline matrix
     sources = list(p.selection["sources"])
@@ -1382,10 +1388,7 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
                 None: ""}
     ax.set_title("Baseline surface Dice" + diagonal[_diagonal(p)], fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    written.append(out / "baseline_matrix.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(save(fig, out / "baseline_matrix.png"))
 
     # 2. surface Dice vs slices
     budgets = list(p.selection["budgets"])
@@ -1417,10 +1420,7 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax.set_title("Fine-tuning on the target: surface Dice vs annotated slices")
-    fig.tight_layout()
-    written.append(out / "sdice_vs_slices.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(save(fig, out / "sdice_vs_slices.png"))
 
     # 3. wins per budget
     strategies = list(p.selection["strategies"])
@@ -1444,10 +1444,7 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     ax.set_ylim(0, n_pairs * 1.15)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Best strategy per pair (dark part: significant, sign test p < 0.1)", fontsize=10)
-    fig.tight_layout()
-    written.append(out / "wins.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(save(fig, out / "wins.png"))
     return written
 
 

@@ -91,10 +91,21 @@ def _budget(value) -> int | None:
     return None if value is None or value == "" else int(value)
 
 
-def _mean(values: Iterable[float]) -> float:
+def _defined(values: Iterable[float]) -> np.ndarray:
+    """``values`` without NaNs, as a float array."""
     arr = np.asarray(list(values), dtype=float)
-    arr = arr[~np.isnan(arr)]
+    return arr[~np.isnan(arr)]
+
+
+def _mean(values: Iterable[float]) -> float:
+    arr = _defined(values)
     return float(arr.mean()) if arr.size else math.nan
+
+
+def _describe(values: Iterable[float], **statistics) -> dict[str, float | int]:
+    """Each named statistic of the defined (non-NaN) ``values`` (NaN when there are none) and their count."""
+    arr = _defined(values)
+    return {**{name: float(f(arr)) if arr.size else math.nan for name, f in statistics.items()}, "pairs": int(arr.size)}
 
 
 def _scores(rows: Iterable[Mapping], metric: str = "surface_dice") -> dict[tuple, dict[str, float]]:
@@ -209,15 +220,7 @@ def strategy_means(
                 per_pair[(name, n_slices)].append(_mean(ref[i] for i in ids))
     out = {}
     for key, values in per_pair.items():
-        arr = np.asarray(values, dtype=float)
-        arr = arr[~np.isnan(arr)]
-        out[key] = {
-            "mean": float(arr.mean()) if arr.size else math.nan,
-            "std": float(arr.std()) if arr.size else math.nan,
-            "min": float(arr.min()) if arr.size else math.nan,
-            "max": float(arr.max()) if arr.size else math.nan,
-            "pairs": int(arr.size),
-        }
+        out[key] = _describe(values, mean=np.mean, std=np.std, min=np.min, max=np.max)
     return out
 
 
@@ -250,12 +253,6 @@ def gap_closed_summary(gaps: Iterable[Mapping]) -> dict[tuple[str, int], dict[st
         groups[(g["strategy"], g["n_slices"])].append(g["gap"])
     out = {}
     for key, values in groups.items():
-        arr = np.asarray(values, dtype=float)
-        arr = arr[~np.isnan(arr)]
-        out[key] = {
-            "mean": float(arr.mean()) if arr.size else math.nan,
-            "median": float(np.median(arr)) if arr.size else math.nan,
-            "pairs": int(arr.size),
-            "undefined": int(len(values) - arr.size),
-        }
+        out[key] = {**_describe(values, mean=np.mean, median=np.median),
+                    "undefined": int(np.isnan(np.asarray(values, dtype=float)).sum())}
     return out
