@@ -86,8 +86,8 @@ SMALL_BUDGET = 45  # "scarce target data": the budgets up to 45 slices, where th
 # what each kind of cell reports as its effective configuration (after the bundle resolved its defaults)
 KNOBS = {
     "train": ("max_epochs", "lr_decay_epoch", "iterations_per_epoch", "batch_size", "learning_rate", "spacing",
-              "roi_size", "slice_interval", "val_interval", "strategy", "freeze_bn_stats", "seed", "amp"),
-    "eval": ("spacing", "amp", "key_metric#surface_dice#tolerance"),
+              "roi_size", "slice_interval", "val_interval", "strategy", "freeze_bn_stats", "seed", "precision"),
+    "eval": ("spacing", "precision", "key_metric#surface_dice#tolerance"),
 }
 
 

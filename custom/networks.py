@@ -1,8 +1,9 @@
-"""The paper's 2D residual U-Net (Shirokikh et al., DART 2020), with the paper code's parameter names.
+"""The paper's 2D residual U-Net (Shirokikh et al., DART 2020), with the authors' module layout.
 
-Keeping the names (`init_path`, `down1..down3`, `up3..up1`, `shortcut0..shortcut2`, `out_path`, and inside
-a residual block `conv_path.<i>.bn` / `conv_path.<i>.layer`) lets the paper's freezing prefixes apply
-unchanged: "first layers" are `init_path.0` + `init_path.2`, "last layers" are `out_path`.
+The modules sit at the same indices as in the authors' definition, including the parameter-free dropout
+placeholders (``nn.Identity``) after each down-sampling and up-sampling, so a state dict saved by their code
+loads strictly here and their freezing prefixes apply as they are: "first layers" are ``init_path.0`` +
+``init_path.2``, "last layers" are ``out_path``; the residual blocks of ``down*`` are ``down*.4-6``.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def _res_blocks(channels: int, n: int = 3) -> list[nn.Module]:
     return [ResBlock2d(channels) for _ in range(n)]
 
 
-def _down(in_channels: int, out_channels: int) -> nn.Sequential:
+def _down(in_channels: int, out_channels: int, last: bool = False) -> nn.Sequential:
+    # nn.Identity: the authors' (disabled) dropout slots; they keep the residual blocks at indices 4-6.
     return nn.Sequential(
         nn.BatchNorm2d(in_channels),
         nn.Conv2d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
         nn.ReLU(inplace=True),
+        nn.Identity(),
         *_res_blocks(out_channels),
+        *([nn.Identity()] if last else []),
     )
 
 
@@ -60,6 +64,7 @@ def _up(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.BatchNorm2d(in_channels),
         nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
         nn.ReLU(inplace=True),
+        nn.Identity(),
     )
 
 
@@ -87,7 +92,7 @@ class UNet2D(nn.Module):
         self.shortcut1 = nn.Conv2d(n2, n2, kernel_size=1)
         self.down2 = _down(n2, n3)
         self.shortcut2 = nn.Conv2d(n3, n3, kernel_size=1)
-        self.down3 = _down(n3, n4)
+        self.down3 = _down(n3, n4, last=True)
         self.up3 = _up(n4, n3)
         self.up2 = _up(n3, n2)
         self.up1 = _up(n2, n1)
@@ -108,3 +113,4 @@ class UNet2D(nn.Module):
         u = self.up2(u + self.shortcut2(x2))
         u = self.up1(u + self.shortcut1(x1))
         return self.out_path(u + self.shortcut0(x0))
+
