@@ -31,10 +31,11 @@ RUN_OPTIONS = {
 def _own_error_types() -> tuple[type[BaseException], ...]:
     from custom.adapters import AdapterError
     from custom.cc359 import DatasetError
+    from custom.checkpoints import WeightsError
     from custom.export import WeightsHashError
     from custom.transforms import InputError
 
-    return InputError, DatasetError, AdapterError, WeightsHashError
+    return InputError, DatasetError, AdapterError, WeightsHashError, WeightsError
 
 
 GENERIC_INPUT_ERRORS = (FileNotFoundError, BadGzipFile, EOFError, zipfile.BadZipFile)

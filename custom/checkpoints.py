@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -10,7 +11,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "initial_weights", "latest", "load_state_dict", "sha256"]
+__all__ = ["WeightsError", "atomic_save", "latest", "load_into", "load_state_dict", "sha256"]
+
+logger = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used; the message names the file and the problem in one line."""
 
 
 def sha256(path: str | Path) -> str:
@@ -54,10 +61,10 @@ def load_state_dict(path: str | Path, map_location="cpu") -> dict[str, torch.Ten
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, or a pickle with code in it
-        raise ValueError(f"{path}: not a readable tensor-only weights file ({type(e).__name__}: {e})") from None
+        raise WeightsError(f"{path}: not a readable tensor-only weights file ({type(e).__name__}: {e})") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: does not hold a model state dict")
+        raise WeightsError(f"{path}: does not hold a model state dict")
     return state
 
 
@@ -73,13 +80,17 @@ def latest(folder: str | Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def initial_weights(own: str | Path, fallback: str | Path) -> str:
-    """The weights a fine-tuning run starts from: the bundle's own model if it has one, else ``fallback``.
+def load_into(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load the weights file ``path`` into ``network`` strictly and return it (for a config's ``network`` item).
 
-    This makes repeated training (e.g. in MONAI Label) continue from the current model, while a fresh bundle starts
-    from the source U-Net.
+    Logs which file (and its sha256) a run starts from; a file that does not fit the network is one ``WeightsError``
+    naming the file.
     """
-    for path in (own, fallback):
-        if path and Path(path).is_file():
-            return str(path)
-    raise FileNotFoundError(f"no initial weights: neither {own} nor {fallback} exists")
+    state = load_state_dict(path)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise WeightsError(f"{path}: weights do not fit {type(network).__name__} ({' '.join(first[:2])[:300]})") from None
+    logger.info("initial weights: %s (sha256 %s)", path, sha256(path))
+    return network

@@ -246,6 +246,26 @@ def test_finetune_changes_exactly_the_strategys_parameters(strategy, trained_sou
         assert adapter.stat().st_size < 100_000
 
 
+def test_finetuning_starts_from_the_source_weights_unless_told_otherwise(trained_source, data, tmp_path):
+    """The bundle's own (shipped) model.pt is NOT where a run starts; --init_weights picks another start."""
+    bundle = copy_bundle(FINETUNE["last"], tmp_path)
+    own = torch.load(bundle / "models/model.pt", weights_only=True)
+    source = torch.load(trained_source["model"], weights_only=True)
+    assert not torch.equal(own["init_path.0.weight"], source["init_path.0.weight"])
+    for start, expected in ((None, source), (bundle / "models/model.pt", own)):
+        out = tmp_path / ("default" if start is None else "continued")
+        extra = {} if start is None else {"init_weights": str(start)}
+        run_workflow([bundle / "configs/train.yaml"], bundle, "train", dataset_dir=str(data),
+                     datalist_file=str(trained_source["datalist"]), output_dir=str(out),
+                     final_model=str(out / "model.pt"), adapter_path=str(out / "adapter.pt"),
+                     source_weights=str(trained_source["model"]), max_epochs=1, lr_decay_epoch=1, slice_interval=4,
+                     **FAST, **extra)
+        tuned = torch.load(out / "model.pt", weights_only=True)
+        # "last" trains only out_path: every weight before it is the starting model's, untouched
+        assert torch.equal(tuned["init_path.0.weight"], expected["init_path.0.weight"])
+        assert torch.equal(tuned["up1.4.weight"], expected["up1.4.weight"])
+
+
 def test_freeze_bn_stats_keeps_frozen_statistics(trained_source, data, tmp_path):
     tuned, _ = _finetune("last", trained_source, data, tmp_path, freeze_bn_stats=True)
     source = torch.load(trained_source["model"], weights_only=True)
@@ -281,6 +301,6 @@ def test_multi_gpu_train_with_two_cpu_processes(trained_source, data, tmp_path):
     tuned = torch.load(out / "model.pt", weights_only=True)
     source = torch.load(trained_source["model"], weights_only=True)
     assert not torch.equal(tuned["init_path.0.weight"], source["init_path.0.weight"])
-    assert torch.equal(tuned["down2.3.conv_path.0.layer.weight"], source["down2.3.conv_path.0.layer.weight"])
+    assert torch.equal(tuned["down2.4.conv_path.0.layer.weight"], source["down2.4.conv_path.0.layer.weight"])
     assert all(torch.equal(v, t) for v, t in zip(apply_adapter(trained_source["model"], out / "adapter.pt").values(),
                                                   tuned.values(), strict=True))
