@@ -90,7 +90,7 @@ def load_into(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise WeightsError(f"{path}: weights do not fit {type(network).__name__} ({' '.join(first[:2])[:300]})") from None
+        detail = " ".join(str(e).strip().splitlines()[:2])[:300]
+        raise WeightsError(f"{path}: weights do not fit {type(network).__name__} ({detail})") from None
     logger.info("initial weights: %s (sha256 %s)", path, sha256(path))
     return network
