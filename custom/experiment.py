@@ -123,6 +123,9 @@ class Profile:
     strategies: tuple[str, ...] = STRATEGIES
     budgets: tuple[int, ...] = ALL_BUDGETS
     demo_subjects: int | None = None  # generate the demo data (this many subjects per domain) when it is missing
+    data_seed: int = 0  # seed of the generated demo data
+    # source domain -> shipped weights that stand in for training that source (reproduce.py --train_source trains it)
+    source_models: dict = field(default_factory=dict)
     workers: int = 1  # default --workers (capped at the number of CPU cores)
 
 
@@ -134,20 +137,27 @@ PAPER = Profile(
     "budgets",
 )
 
+# The demo's source model, trained by the source bundle's train.yaml with DEMO.baseline on other subjects
+# (demo data seed 0) than the demo's own (seed 1); see custom/resources/README.md.
+DEMO_SOURCE_MODEL = Path(__file__).resolve().parent / "resources" / "demo_source_siemens_15.pt"
+
 DEMO = Profile(
     name="demo",
-    description="a CPU-sized slice of the protocol on the simulated six-scanner demo data (about 2 mm voxels)",
+    description="a CPU-sized slice of the protocol on the simulated six-scanner demo data, everything at twice the "
+    "paper's voxel size (a full-slice field of view and a one-voxel surface-Dice tolerance, as in the paper)",
     spacing=(2.0, 1.9, 1.9),
-    roi_size=(64, 64),
-    baseline={"max_epochs": 4, "lr_decay_epoch": 3, "iterations_per_epoch": 50, "batch_size": 16,
+    roi_size=(128, 128),  # 243 mm: the whole slice, as the paper's 256 crops of 0.95 mm voxels
+    baseline={"max_epochs": 24, "lr_decay_epoch": 20, "iterations_per_epoch": 100, "batch_size": 16,
               "learning_rate": 0.01},
-    finetune={"max_epochs": 8, "lr_decay_epoch": 6, "iterations_per_epoch": 16, "batch_size": 8,
-              "learning_rate": 0.015},
-    n_val=1,
+    finetune={"max_epochs": 6, "lr_decay_epoch": 5, "iterations_per_epoch": 10, "batch_size": 16,
+              "learning_rate": 0.025},
+    evaluate={"key_metric#surface_dice#tolerance": 2.0},
     sources=("siemens_15",),
     targets=("ge_15", "philips_15"),
     budgets=(5, 24, 90),
-    demo_subjects=5,
+    demo_subjects=8,
+    data_seed=1,
+    source_models={"siemens_15": str(DEMO_SOURCE_MODEL)},
     workers=2,
 )
 
@@ -182,13 +192,27 @@ def shortened(profile: Profile) -> list[str]:
     lines = []
     if profile.demo_subjects:
         lines.append(f"data: the simulated six-scanner demo data, {profile.demo_subjects} subjects per domain at about "
-                     "2 mm voxels (generated when the data folder is missing or empty) instead of CC359")
+                     f"2 mm voxels, seed {profile.data_seed} (generated when the data folder is missing or empty) "
+                     "instead of CC359")
+    for source, weights in profile.source_models.items():
+        lines.append(f"source model {source}: the shipped `{Path(weights).name}` (trained by the source bundle's "
+                     f"train.yaml with the baseline settings below on other simulated subjects) instead of training "
+                     "it here; `--train_source true` trains it")
     if profile.spacing is not None and tuple(profile.spacing) != PAPER_VALUES["spacing"]:
-        lines.append(f"resampling to {' x '.join(map(str, profile.spacing))} mm instead of 1 x 0.95 x 0.95 mm "
-                     "(the surface Dice tolerance stays 1 mm); the slice budgets keep the protocol's slice interval "
-                     "k, so a scan offers n_z / k slices with fewer n_z (tables show the slices actually offered)")
+        lines.append(f"resampling to {' x '.join(map(str, profile.spacing))} mm instead of 1 x 0.95 x 0.95 mm; "
+                     "the slice budgets keep the protocol's slice interval k, so a scan offers n_z / k slices with "
+                     "fewer n_z (tables show the slices actually offered)")
+    tolerance = profile.evaluate.get("key_metric#surface_dice#tolerance", 1.0)
+    if tolerance != 1.0:
+        voxels = tolerance / min(profile.spacing or PAPER_VALUES["spacing"])
+        lines.append(f"surface Dice tolerance {tolerance:g} mm instead of 1 mm: {voxels:.2f} in-plane voxels, as "
+                     "the paper's 1 mm is about one voxel at its 0.95-1 mm spacing (the same tolerance in mm would be "
+                     "half a voxel here and reward sub-voxel precision the coarse scans cannot carry)")
     if profile.roi_size is not None and tuple(profile.roi_size) != PAPER_VALUES["roi_size"]:
-        lines.append(f"training crops {' x '.join(map(str, profile.roi_size))} instead of 256 x 256")
+        spacing = min(profile.spacing or PAPER_VALUES["spacing"])
+        fov = " x ".join(f"{n * spacing:.0f}" for n in profile.roi_size)
+        lines.append(f"training crops {' x '.join(map(str, profile.roi_size))} instead of 256 x 256 ({fov} mm at "
+                     f"{spacing:g} mm, the paper's 243 x 243 mm field of view)")
     for kind, name in (("baseline", "baseline and oracle training"), ("finetune", "fine-tuning")):
         values = getattr(profile, kind)
         if values and {**PAPER_VALUES[kind], **values} != PAPER_VALUES[kind]:
@@ -394,6 +418,14 @@ def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _file_sha256(path: str) -> str:
+    from custom.checkpoints import sha256
+
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: shipped source weights not found (use --train_source true to train the source)")
+    return sha256(path)
+
+
 def _ids(datalist: dict) -> dict:
     return {part: [e["id"] for e in datalist.get(part, [])] for part in ("training", "validation", "test")}
 
@@ -468,6 +500,7 @@ def _spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out: Pat
     bundle_dir = bundles / _bundle(cell)
     paths = {"bundle_root": str(bundle_dir), "dataset_dir": str(data_dir),
              "datalist_file": str(cell_dir / "datalist.json"), "output_dir": str(cell_dir)}
+    shipped = profile.source_models.get(cell.source) if (cell.kind, cell.role) == ("train", "baseline") else None
     if cell.kind == "train":
         config_files = [bundle_dir / "configs" / "train.yaml"]
         paths["final_model"] = str(cell_dir / "model.pt")
@@ -484,6 +517,8 @@ def _spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out: Pat
         paths.update(model_path=str(out / "cells" / cell.train_id / "model.pt"),
                      metrics_csv=str(cell_dir / "metrics.csv"))
         settings = {**profile_overrides(profile, "evaluate"), "datalist_key": "test"}
+    if shipped:  # the shipped weights stand in for this training: they, not the settings, define the cell
+        settings = {"shipped_weights": shipped, "sha256": _file_sha256(shipped)}
     fingerprint = _sha({"cell": cell.id, "bundle": bundle_dir.name, "configs": [f.name for f in config_files],
                         "settings": settings, "scans": _ids(datalist), "split_seed": profile.split_seed})
     return {
@@ -719,7 +754,11 @@ def _captured(path: Path):
 
 
 def _effective(workflow, kind: str) -> dict:
+    from custom.precision import name
+
     out = {}
+    if "compute_dtype" in workflow.parser:  # what --precision resolved to on this device
+        out["compute_dtype"] = name(workflow.parser.get_parsed_content("compute_dtype"))
     for key in KNOBS[kind]:
         try:
             if key in workflow.parser:
@@ -779,6 +818,8 @@ def run_cell(spec: dict) -> dict:
     if kind == "train":
         overrides["resume"] = resume
     started, t0, cpu0 = _now(), time.perf_counter(), time.process_time()
+    if "shipped_weights" in spec["settings"]:
+        return _use_shipped(spec, started)
     try:
         with _captured(cell_dir / LOG):
             from monai.bundle import ConfigWorkflow
@@ -793,12 +834,15 @@ def run_cell(spec: dict) -> dict:
             )
             workflow.initialize()
             effective = _effective(workflow, kind)
+            losses = _EpochLosses().attach(workflow.parser.get_parsed_content("train#trainer")) if (
+                kind == "train") else None
             workflow.run()
             extra, dataset = {}, None
             if kind == "train":
                 dataset = workflow.parser.get_parsed_content("train#dataset")
                 extra["train_slices"] = int(getattr(dataset, "n_slices", -1))
                 extra["train_scans"] = len(spec["datalist"].get("training", []))
+                extra["epoch_losses"] = [round(v, 6) for v in losses.values]
             workflow.finalize()
             del workflow, dataset
             gc.collect()  # engines and handlers hold reference cycles: free the model and data before the next cell
@@ -830,6 +874,52 @@ def run_cell(spec: dict) -> dict:
         "versions": versions(),
     }
     _write_json(marker, record)  # last: the cell is finished only now
+    return record
+
+
+class _EpochLosses:
+    """Mean training loss of every epoch (was the loss still falling when training stopped?)."""
+
+    def __init__(self):
+        self.values: list[float] = []
+        self._sum, self._n = 0.0, 0
+
+    def attach(self, trainer) -> _EpochLosses:
+        from ignite.engine import Events
+
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+        return self
+
+    def _iteration(self, engine) -> None:
+        output = engine.state.output
+        loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
+        self._sum, self._n = self._sum + float(loss), self._n + 1
+
+    def _epoch(self, engine) -> None:
+        self.values.append(self._sum / max(self._n, 1))
+        self._sum, self._n = 0.0, 0
+
+
+def _use_shipped(spec: dict, started: str) -> dict:
+    """A source-training cell the profile replaces by shipped weights: copy them in and mark the cell done."""
+    cell_dir, shipped = Path(spec["cell_dir"]), spec["settings"]["shipped_weights"]
+    target = Path(spec["paths"]["final_model"])
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(shipped, tmp)
+    os.replace(tmp, target)
+    from custom.checkpoints import sha256
+
+    if sha256(target) != spec["settings"]["sha256"]:
+        raise RuntimeError(f"{shipped}: changed while it was copied to {target}")
+    record = {
+        "cell": spec["cell"], "fingerprint": spec["fingerprint"], "profile": spec["profile"],
+        "bundle": spec["bundle"], "shipped_weights": shipped, "sha256": spec["settings"]["sha256"],
+        "effective": {}, "seed": spec["seed"], "split_seed": spec["split_seed"], "outputs": {"model": target.name},
+        "resumed": False, "started": started, "finished": _now(), "seconds": 0.0, "cpu_seconds": 0.0,
+        "device": "", "host": socket.gethostname(), "pid": os.getpid(), "versions": versions(),
+    }
+    _write_json(cell_dir / DONE, record)
     return record
 
 
@@ -1046,8 +1136,8 @@ def execute(
 # results: tables, figures, summary, manifest
 # ---------------------------------------------------------------------------------------------------------------
 
-RESULT_COLUMNS = ("source", "target", "strategy", "n_slices", "train_slices", "fold", "id", "domain",
-                  "surface_dice", "dice")
+RESULT_COLUMNS = ("source", "target", "strategy", "n_slices", "train_slices", "last_epoch_loss", "fold", "id",
+                  "domain", "surface_dice", "dice")
 
 
 def collect_rows(p: Plan) -> list[dict]:
@@ -1056,10 +1146,12 @@ def collect_rows(p: Plan) -> list[dict]:
     for cell in p.grid:
         if cell.kind != "eval" or not p.is_done(cell.id):
             continue
-        train_slices = ""
+        train_slices, last_loss = "", ""
         train_done = p.cell_dir(cell.train_id) / DONE
-        if cell.role in STRATEGIES and train_done.is_file():
-            train_slices = json.loads(train_done.read_text()).get("train_slices", "")
+        if train_done.is_file():
+            record = json.loads(train_done.read_text())
+            train_slices = record.get("train_slices", "") if cell.role in STRATEGIES else ""
+            last_loss = (record.get("epoch_losses") or [""])[-1]
         for r in read_metrics(p.cell_dir(cell.id) / "metrics.csv"):
             rows.append({
                 "source": cell.source,
@@ -1067,6 +1159,7 @@ def collect_rows(p: Plan) -> list[dict]:
                 "strategy": cell.role,
                 "n_slices": cell.n_slices if cell.n_slices is not None else "",
                 "train_slices": train_slices,
+                "last_epoch_loss": last_loss,
                 "fold": cell.fold if cell.fold is not None else "",
                 "id": r["id"],
                 "domain": r.get("domain", ""),
@@ -1344,10 +1437,35 @@ def _header(p: Plan, outcome: Outcome | None, cell_seconds: float) -> list[str]:
         f"- split seed {prof.split_seed:#x}, training seed {prof.seed}; cells finished: {n_done} of {len(p.grid)}; "
         f"sum of cell run times {cell_seconds / 60:.1f} min"
         + (f"; this invocation {outcome.wall_seconds / 60:.1f} min" if outcome else ""),
+        *_precision_and_loss_lines(p),
         "- files: `results.csv` (one row per run x test scan), `wins.csv`, `gap_closed.csv`, `manifest.json`, "
         "figures `baseline_matrix.png`, `sdice_vs_slices.png`, `wins.png`",
         "",
     ]
+    return lines
+
+
+def _precision_and_loss_lines(p: Plan) -> list[str]:
+    """Which precision the cells ran in, and whether the fine-tuning losses had levelled off."""
+    precisions, ratios = set(), []
+    for cell in p.grid:
+        if not p.is_done(cell.id):
+            continue
+        record = json.loads((p.cell_dir(cell.id) / DONE).read_text())
+        if record.get("effective", {}).get("compute_dtype"):
+            precisions.add(record["effective"]["compute_dtype"])
+        losses = record.get("epoch_losses") or []
+        if cell.role in STRATEGIES and len(losses) >= 2 and losses[-2] > 0:
+            ratios.append(losses[-1] / losses[-2])
+    lines = []
+    if precisions:
+        lines.append(f"- precision: {', '.join(sorted(precisions))} (bundle option `precision`, "
+                     f"{p.profile.finetune.get('precision', 'auto')} here)")
+    if ratios:
+        ratios.sort()
+        lines.append(f"- fine-tuning loss, last epoch / the one before: median {ratios[len(ratios) // 2]:.2f}, range "
+                     f"{ratios[0]:.2f}-{ratios[-1]:.2f} over {len(ratios)} cells (per cell: `last_epoch_loss` in "
+                     "`results.csv`, `epoch_losses` in `manifest.json`)")
     return lines
 
 
@@ -1455,7 +1573,7 @@ def _cell_records(p: Plan) -> dict[str, dict]:
             r = json.loads((p.cell_dir(cell.id) / DONE).read_text())
             out[cell.id] = {k: r.get(k) for k in ("seconds", "cpu_seconds", "started", "finished", "device", "host",
                                                   "resumed", "fingerprint", "overrides", "effective", "seed",
-                                                  "train_slices")}
+                                                  "train_slices", "epoch_losses", "shipped_weights", "sha256")}
             out[cell.id]["status"] = "done"
         else:
             out[cell.id] = {"status": "failed" if (p.cell_dir(cell.id) / ERROR).is_file() else "pending",

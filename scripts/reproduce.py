@@ -20,15 +20,17 @@ Profiles:
 * ``paper``: PROTOCOL.md exactly, i.e. the bundles' defaults: resampling to 1 x 0.95 x 0.95 mm, 256 x 256 crops,
   baseline 100 epochs x 100 iterations, batch 32, lr 1e-3 x0.1 at epoch 80, 4 validation scans; fine-tuning
   'dart20' (20 epochs x 100 iterations, batch 32, lr x0.1 at 15); all 30 pairs x 3 strategies x 9 budgets.
-* ``demo``: the CPU demo (7 minutes measured on 2 otherwise idle CPU cores, data generation included). It
-  shortens EXACTLY this: the simulated six-scanner demo data (``scripts/make_demo_data.py``, 5 subjects per
-  domain, ~2 mm voxels, generated when ``--data_dir`` is missing or empty) instead of CC359; resampling to
-  2.0 x 1.9 x 1.9 mm; 64 x 64 crops; baseline 4 epochs x 50 iterations, batch 16, lr 1e-2 x0.1 at epoch 3, with
-  1 held-out validation scan (the in-domain reference on the matrix diagonal) instead of 4; fine-tuning 8 epochs x
-  16 iterations, batch 8, lr 1.5e-2 x0.1 at epoch 6 (the learning rate summed over all steps, 1.49, stays close to
-  the paper's 1.55); grid siemens_15 -> ge_15, philips_15 with budgets 5, 24, 90 (each budget keeps the
-  protocol's slice interval k, so a ~100-slice demo scan offers about 100/k slices: about 2, 9 and 37). Surface
-  Dice keeps its 1 mm tolerance. No oracle unless ``--oracle``. Cells run in 2 processes of 1 torch thread each.
+* ``demo``: the CPU demo (at most 10 minutes on 2 idle CPU cores, data generation included). It shortens
+  EXACTLY this: the simulated six-scanner demo data (``scripts/make_demo_data.py``, 8 subjects per domain, seed 1,
+  ~2 mm voxels, generated when ``--data_dir`` is missing or empty) instead of CC359; everything at twice the paper's
+  voxel size: resampling to 2.0 x 1.9 x 1.9 mm, 128 x 128 crops (the whole slice, as the paper's 256 x 256 at
+  0.95 mm), surface Dice at 2 mm (one voxel, as the paper's 1 mm); the siemens_15 source model is the shipped
+  ``custom/resources/demo_source_siemens_15.pt`` (trained by the source bundle with 24 epochs x 100 iterations,
+  batch 16, lr 1e-2 x0.1 at epoch 20, on other simulated subjects; ``--train_source true`` trains it instead);
+  fine-tuning 6 epochs x 10 iterations, batch 16, lr 2.5e-2 x0.1 at epoch 5; grid siemens_15 -> ge_15,
+  philips_15 with budgets 5, 24, 90 (each budget keeps the protocol's slice interval k, so a ~100-slice demo scan
+  offers about 100/k slices: about 2, 8 and 33). No oracle unless ``--oracle``. Cells run in 2 processes of 1
+  torch thread each.
   ``summary.md`` lists the same in its header.
 
 Scale-out: ``--workers N`` runs cells in N spawned processes (``--devices 0,1``: round-robin GPUs through
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,8 +83,8 @@ def _ensure_data(data_dir: Path, profile: experiment.Profile) -> None:
 
     print(f"reproduce: generating the demo data ({profile.demo_subjects} subjects per domain) in {data_dir}",
           file=sys.stderr)
-    make_demo_data(str(data_dir), n_subjects=profile.demo_subjects, seed=0, resolution="small", overwrite=True,
-                   verbose=False)
+    make_demo_data(str(data_dir), n_subjects=profile.demo_subjects, seed=profile.data_seed, resolution="small",
+                   overwrite=True, verbose=False)
 
 
 def reproduce(
@@ -93,6 +96,7 @@ def reproduce(
     strategies=None,
     budgets=None,
     oracle: bool = False,
+    train_source: bool = False,
     workers: int | None = None,
     threads: int | None = None,
     devices=None,
@@ -112,6 +116,7 @@ def reproduce(
         strategies: first,last,full (default: the profile's).
         budgets: slice budgets among 5,8,12,24,45,90,270,540,800 (default: the profile's).
         oracle: also run the oracle (3-fold cross-validation in every domain involved).
+        train_source: train the source models even where the profile ships them (demo: siemens_15).
         workers: run cells in this many spawned processes (default: the profile's, demo 2, paper 1; at most the
             number of CPU cores unless given).
         threads: torch threads per cell (default: CPU cores / workers; in-process: torch's default).
@@ -126,6 +131,10 @@ def reproduce(
         if profile not in experiment.PROFILES:
             raise UsageError(f"unknown profile {profile!r}; valid: {', '.join(experiment.PROFILES)}")
         prof = experiment.PROFILES[profile]
+        if not isinstance(train_source, bool):
+            raise UsageError(f"--train_source must be true or false, got {train_source!r}")
+        if train_source:
+            prof = replace(prof, source_models={})
         experiment.resolve_selection(prof, sources, targets, strategies, budgets)
         experiment.parse_shard(shard)
         if workers is None:

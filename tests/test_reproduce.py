@@ -38,6 +38,8 @@ TINY = replace(
     budgets=(5,),
     n_val=1,
     demo_subjects=2,
+    evaluate={},
+    source_models={},  # these tests train their source model; test_shipped_source_model covers the shipped one
 )
 CELLS = [
     "train/baseline/siemens_15", "eval/baseline/siemens_15/siemens_15", "eval/baseline/siemens_15/ge_3",
@@ -134,13 +136,16 @@ def test_profiles_document_what_they_shorten():
     assert E.shortened(E.PAPER) == []
     demo = "\n".join(E.shortened(E.DEMO))
     doc = " ".join(SCRIPT.read_text().split())
-    for text in ("2.0 x 1.9 x 1.9", "64 x 64", "4 epochs x 50 iterations, batch 16, lr 0.01 x0.1 at epoch 3",
-                 "8 epochs x 16 iterations, batch 8, lr 0.015 x0.1 at epoch 6", "5 subjects",
-                 "1 held-out validation scan", "siemens_15 -> targets ge_15, philips_15", "budgets 5, 24, 90"):
-        assert text in demo
-    for text in ("2.0 x 1.9 x 1.9", "64 x 64", "4 epochs x 50 iterations, batch 16, lr 1e-2 x0.1 at epoch 3",
-                 "8 epochs x 16 iterations, batch 8, lr 1.5e-2 x0.1 at epoch 6", "5 subjects per domain",
-                 "1 held-out", "siemens_15 -> ge_15, philips_15", "5, 24, 90"):
+    for text in ("2.0 x 1.9 x 1.9", "128 x 128", "24 epochs x 100 iterations, batch 16, lr 0.01 x0.1 at epoch 20",
+                 "6 epochs x 10 iterations, batch 16, lr 0.025 x0.1 at epoch 5", "8 subjects", "seed 1",
+                 "demo_source_siemens_15.pt", "--train_source true", "tolerance 2 mm", "1.05 in-plane voxels",
+                 "siemens_15 -> targets ge_15, philips_15", "budgets 5, 24, 90"):
+        assert text in demo, text
+    assert "held-out validation scan" not in demo  # 4, as the protocol
+    for text in ("2.0 x 1.9 x 1.9", "128 x 128", "24 epochs x 100 iterations, batch 16, lr 1e-2 x0.1 at epoch 20",
+                 "6 epochs x 10 iterations, batch 16, lr 2.5e-2 x0.1 at epoch 5", "8 subjects per domain, seed 1",
+                 "demo_source_siemens_15.pt", "--train_source true", "surface Dice at 2 mm",
+                 "siemens_15 -> ge_15, philips_15", "5, 24, 90"):
         assert text in doc, text
 
 
@@ -181,6 +186,40 @@ def test_plan_rejects_impossible_splits(tiny_data, tmp_path):
     with pytest.raises(E.UsageError, match="does not exist"):
         E.plan(TINY, tmp_path / "nowhere", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_shipped_source_model_stands_in_for_training_it(tiny_data, tmp_path):
+    """A profile's shipped source weights become the baseline cell's model: no training, the same bytes, and the
+    fine-tuning cells start from (and tie their adapters to) them; other weights make it another cell."""
+    import torch
+
+    from custom.checkpoints import sha256
+    from custom.networks import UNet2D
+
+    shipped = tmp_path / "shipped.pt"
+    torch.save(UNet2D().state_dict(), shipped)
+    profile = replace(TINY, strategies=("last",), source_models={"siemens_15": str(shipped)})
+    out = tmp_path / "run"
+    p = E.plan(profile, tiny_data, out)
+    outcome, _ = E.run(p, progress=False, threads=1, echo=lambda *_: None)
+    assert not outcome.failed and not outcome.blocked
+    base = out / "cells/train/baseline/siemens_15"
+    record = json.loads((base / "done.json").read_text())
+    assert record["sha256"] == sha256(shipped) == sha256(base / "model.pt")
+    assert record["seconds"] == 0.0 and not (base / "checkpoints").exists()
+    adapter = torch.load(out / "cells/train/last/siemens_15_to_ge_3/5slices/adapter.pt", weights_only=True)
+    assert adapter["source_sha256"] == sha256(shipped)
+    ft = json.loads((out / "cells/train/last/siemens_15_to_ge_3/5slices/done.json").read_text())
+    assert len(ft["epoch_losses"]) == TINY.finetune["max_epochs"] and ft["epoch_losses"][-1] > 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["last_epoch_loss"] for r in rows if r["strategy"] == "last"} == {str(ft["epoch_losses"][-1])}
+    assert "- precision: " in (out / "summary.md").read_text()
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in UNet2D().state_dict().items()}, shipped)
+    with pytest.raises(E.UsageError, match="made with other settings"):
+        E.plan(profile, tiny_data, out)
+    with pytest.raises(E.UsageError, match="shipped source weights not found"):
+        E.plan(replace(profile, source_models={"siemens_15": str(tmp_path / "missing.pt")}), tiny_data, tmp_path / "o")
 
 
 # ---- running for real: shards, resume, reports ----------------------------------------------------------------
