@@ -37,7 +37,8 @@ def test_log_fallback_and_errors(tmp_path):
     run.mkdir()
     assert _run("--run_dir", run, "--output", tmp_path / "x.png").returncode == 2
     # only lines that close an epoch count
-    (run / "train.log").write_text("Epoch: 1/2, Iter: 5/5 -- train_loss: 0.25\nEpoch: 2/2, Iter: 4/5 -- train_loss: 9\n")
+    lines = ["Epoch: 1/2, Iter: 5/5 -- train_loss: 0.25", "Epoch: 2/2, Iter: 4/5 -- train_loss: 9"]
+    (run / "train.log").write_text("\n".join(lines))
     assert _run("--run_dir", run, "--output", tmp_path / "x.png").returncode == 0
     assert (tmp_path / "x.csv").read_text().splitlines() == ["epoch,train_loss", "1,0.25"]
     bad = _run("--run_dir", run, "--outptu", tmp_path / "y.png")
