@@ -21,8 +21,13 @@ __all__ = ["SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist", "
 DATALIST_KEYS = ("training", "validation", "test")
 
 
-def load_datalist(path: str) -> dict:
-    """A JSON datalist as written by ``custom.splits``; relative paths resolve against the file's folder."""
+def load_datalist(path: str, required: Sequence[str] = ()) -> dict:
+    """A JSON datalist as written by ``custom.splits``; relative paths resolve against the file's folder.
+
+    ``required`` names the lists this run needs non-empty (``training`` to train, ``test`` to evaluate). A list
+    under another name (``testing``, ``train``, ...), an entry without ``image`` (or, in a labelled list, without
+    ``label``) or the same scan twice in one list is refused with one line naming the file and the key.
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: datalist not found")
     with open(path) as f:
@@ -30,6 +35,23 @@ def load_datalist(path: str) -> dict:
             raw = json.load(f)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: not a JSON datalist ({e})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: not a JSON datalist (expected an object with {', '.join(DATALIST_KEYS)})")
+    unknown = [k for k, v in raw.items() if k not in DATALIST_KEYS and isinstance(v, list)]
+    if unknown:
+        raise InputError(f"{path}: unknown list {unknown[0]!r} (a datalist's lists are {', '.join(DATALIST_KEYS)})")
+    for key in DATALIST_KEYS:
+        entries = raw.get(key) or []
+        if not isinstance(entries, list):
+            raise InputError(f"{path}: {key!r} must be a list of {{image, label}} entries")
+        for i, entry in enumerate(entries):
+            fields = ("image", "label") if key in required or key != "test" else ("image",)
+            missing = [f for f in fields if not isinstance(entry, dict) or not entry.get(f)]
+            if missing:
+                raise InputError(f"{path}: entry {i} of {key!r} has no {missing[0]!r}")
+    for key in required:
+        if not raw.get(key):
+            raise InputError(f"{path}: {key!r} is missing or empty (this run needs its scans)")
     base = Path(path).resolve().parent
     out = {k: v for k, v in raw.items() if k not in DATALIST_KEYS}
     for key in DATALIST_KEYS:

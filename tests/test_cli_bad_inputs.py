@@ -93,6 +93,18 @@ def _labelled_cases(root: Path, entry: str) -> list[Case]:
     datalist = _datalist(folder, key, [_entry(*a, "same"), _entry(*b, "same")])
     cases.append(Case("duplicate_id", folder, ["--datalist_file", str(datalist)], str(datalist), "duplicate id same"))
 
+    # datalists: a misnamed list, the needed list empty, an entry without its mask
+    wrong = "testing" if key == "test" else "train"
+    for kind, problem in (("misnamed_list", f"unknown list '{wrong}'"), ("empty_list", f"'{key}' is missing or empty"),
+                          ("entry_without_label", f"entry 0 of '{key}' has no 'label'")):
+        folder = case(kind)
+        image, mask = good_pair(folder / "inputs")
+        content = {"misnamed_list": {wrong: [_entry(image, mask)]}, "empty_list": {key: []},
+                   "entry_without_label": {key: [{"image": str(image)}]}}[kind]
+        path = folder / "datalist.json"
+        path.write_text(json.dumps(content))
+        cases.append(Case(kind, folder, ["--datalist_file", str(path)], str(path), problem))
+
     folder = case("missing_datalist")
     cases.append(Case("missing_datalist", folder, ["--datalist_file", str(folder / "nowhere.json")],
                       str(folder / "nowhere.json"), "datalist not found"))
