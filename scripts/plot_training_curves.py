@@ -5,8 +5,8 @@ Usage::
     python scripts/plot_training_curves.py --run_dir bundles/brain_extraction_source/runs/train \
         --output docs/images/source_training_curves.png
 
-Reads the run's TensorBoard events (``val_*`` scalars; ``train_loss`` per iteration, averaged per epoch). A run
-whose events lack the training loss falls back to the per-epoch lines of ``train.log`` in the folder (the
+Reads the run's TensorBoard events (``val_*`` scalars; ``train_loss`` per iteration, averaged per epoch). Epochs
+whose events lack the training loss fall back to the per-epoch lines of ``train*.log`` in the folder (the
 StatsHandler's "Epoch: e/n, Iter: i/i -- train_loss: x", the last iteration of each epoch). Also writes the
 numbers as CSV next to the PNG.
 """
@@ -37,19 +37,18 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
                 per_iteration += points
             else:
                 curves.setdefault(tag, {}).update(points)
-    log = run_dir / "train.log"
-    if per_iteration:
-        curves["train_loss"] = _per_epoch(per_iteration, run_dir)
-    elif log.is_file():
-        curves["train_loss"] = {int(m[1]): float(m[4]) for m in EPOCH_LINE.finditer(log.read_text()) if m[2] == m[3]}
+    logged = {}  # epochs without events (e.g. before a resumed run): the log's last-iteration loss
+    for log in sorted(run_dir.glob("train*.log")):
+        logged.update({int(m[1]): float(m[4]) for m in EPOCH_LINE.finditer(log.read_text()) if m[2] == m[3]})
+    if per_iteration or logged:
+        curves["train_loss"] = {**logged, **(_per_epoch(per_iteration, run_dir) if per_iteration else {})}
     if not curves:
         raise ValueError(f"{run_dir}: no TensorBoard scalars and no train.log")
     return curves
 
 
 def _per_epoch(points: list[tuple[int, float]], run_dir: Path) -> dict[int, float]:
-    log = run_dir / "train.log"
-    found = EPOCH_LINE.search(log.read_text()) if log.is_file() else None
+    found = next((m for log in run_dir.glob("train*.log") for m in EPOCH_LINE.finditer(log.read_text())), None)
     per_epoch = int(found[3]) if found else max(s for s, _ in points) // max(1, len(points) // 100)
     sums: dict[int, list[float]] = defaultdict(list)
     for step, value in points:
