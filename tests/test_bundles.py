@@ -210,6 +210,19 @@ def test_evaluate_masks_of_equal_file_names_do_not_clash(trained_source, data, t
     assert masks == ["site_a/image/scan_brainmask.nii.gz", "site_b/image/scan_brainmask.nii.gz"]
 
 
+@pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
+def test_tracking_mlflow_adds_monais_own_handlers(bundle, tmp_path):
+    """``--tracking mlflow`` (MONAI's bundle runner) wires MLflow into training and validation, under output_dir."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs/train.yaml"), workflow_type="train",
+                              tracking="mlflow", bundle_root=str(bundle), output_dir=str(tmp_path / "run"))
+    targets = lambda key: [h.get("_target_") for h in workflow.parser[key] if isinstance(h, dict)]  # noqa: E731
+    assert targets("train#handlers").count("MLFlowHandler") == 1
+    assert targets("validate#handlers").count("MLFlowHandler") == 1
+    assert workflow.parser.get_parsed_content("tracking_uri").endswith(f"{tmp_path}/run/mlruns.db")
+
+
 def _finetune(strategy, trained_source, data, tmp_path, **extra):
     bundle = copy_bundle(FINETUNE[strategy], tmp_path)
     model, adapter = tmp_path / "ft" / "model.pt", tmp_path / "ft" / "adapter.pt"
