@@ -128,7 +128,7 @@ def default_bundle_root() -> str:
     """The bundle a command-line run's first config file belongs to (``<bundle>/configs/x.yaml``), else ``.``.
 
     Lets ``python -m monai.bundle run --config_file bundles/<name>/configs/inference.yaml`` work from any folder
-    without ``--bundle_root``. The path is not resolved: a fine-tuning bundle's linked configs stay its own.
+    without ``--bundle_root``. The path is not resolved, so a bundle reached through a link stays the linked one.
     """
     files = _config_files(sys.argv[1:]) if _is_bundle_cli() else []
     if files and Path(files[0]).parent.name == "configs":

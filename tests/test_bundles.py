@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from custom.adapters import AdapterError, apply_adapter
 from tests.bundle_utils import (
     ALL_BUNDLES,
+    BUNDLES as BUNDLES_DIR,
     FAST,
     FINETUNE,
     SCHEMA,
@@ -139,6 +140,16 @@ def test_num_threads_option(config, workflow_type, num_threads, expected):
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_bundles_are_generated_files_without_links():
+    """Every shared file is a real, up-to-date copy of its one definition (scripts/sync_bundles.py)."""
+    from scripts import sync_bundles
+
+    assert not [p for p in BUNDLES_DIR.rglob("*") if p.is_symlink()]
+    assert sync_bundles.stale() == []
+    for bundle in FINETUNE.values():
+        assert (bundle / "models/source_model.pt").read_bytes() == (SOURCE / "models/model.pt").read_bytes()
 
 
 def test_finetune_bundles_differ_only_in_strategy():
@@ -277,6 +288,21 @@ def test_finetuning_starts_from_the_source_weights_unless_told_otherwise(trained
         # "last" trains only out_path: every weight before it is the starting model's, untouched
         assert torch.equal(tuned["init_path.0.weight"], expected["init_path.0.weight"])
         assert torch.equal(tuned["up1.4.weight"], expected["up1.4.weight"])
+
+
+def test_a_finetuning_bundle_copied_alone_trains_evaluates_and_infers(trained_source, data, tmp_path):
+    bundle = copy_bundle(FINETUNE["last"], tmp_path / "alone")  # no sibling source bundle anywhere near it
+    source = torch.load(bundle / "models/source_model.pt", weights_only=True)
+    run_workflow([bundle / "configs/train.yaml"], bundle, "train", dataset_dir=str(data),
+                 datalist_file=str(trained_source["datalist"]), output_dir=str(tmp_path / "run"), max_epochs=1,
+                 lr_decay_epoch=1, slice_interval=4, **FAST)
+    tuned = torch.load(bundle / "models/model.pt", weights_only=True)
+    assert torch.equal(tuned["init_path.0.weight"], source["init_path.0.weight"])
+    assert not torch.equal(tuned["out_path.1.layer.weight"], source["out_path.1.layer.weight"])
+    run_workflow([bundle / "configs/inference.yaml", bundle / "configs/evaluate.yaml"], bundle, "infer",
+                 datalist_file=str(trained_source["datalist"]), output_dir=str(tmp_path / "eval"),
+                 spacing=FAST["spacing"])
+    assert (tmp_path / "eval/metrics.csv").read_text().count("\n") == 1 + 2  # header + the 2 ge_3 test scans
 
 
 def test_freeze_bn_stats_keeps_frozen_statistics(trained_source, data, tmp_path):

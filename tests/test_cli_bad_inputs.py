@@ -223,7 +223,7 @@ def untouched_bundles():
 
 
 # The whole corpus runs through every distinct config file: the source bundle's three and the first-layers
-# train.yaml. The other bundles' evaluate/inference configs ARE the source's (links, asserted below) and their
+# train.yaml. The other bundles' evaluate/inference configs are copies of the source's (asserted below) and their
 # train.yaml differs from first-layers' only in `strategy` (test_bundles), so a sample of each kind of problem
 # runs through them: a broken volume, a broken mask or name clash, an unknown option, and the control.
 SAMPLE = {"nan_voxels", "empty_mask", "same_name", "unknown_option", CONTROL}
@@ -241,7 +241,8 @@ def test_every_bad_input_gets_one_line_and_changes_nothing(bundle, entry, tmp_pa
     if not _whole_corpus(bundle, entry):
         if entry != "train":
             for name in ("inference.yaml", "evaluate.yaml"):
-                assert (bundle / "configs" / name).resolve() == (SOURCE / "configs" / name).resolve()
+                generated = (bundle / "configs" / name).read_text().split("\n", 1)[1]  # below its header
+                assert generated == (SOURCE / "configs" / name).read_text()
         cases = [c for c in cases if c.kind in SAMPLE]
         assert len(cases) == 4
     failures = _run_all(cases, _config(bundle, entry))

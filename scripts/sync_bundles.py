@@ -1,0 +1,93 @@
+"""Write the files the fine-tuning bundles share with the source bundle, from their one definition.
+
+The source bundle (``bundles/brain_extraction_source``) defines inference, evaluation, multi-process training,
+logging, the license and the source weights; ``scripts/bundle_templates/finetune_train.yaml`` defines fine-tuning.
+Each fine-tuning bundle differs only in its ``strategy`` (``FINETUNE_BUNDLES`` below) and its own metadata, docs
+and fine-tuned weights. Every bundle folder is self-contained (real files, no links): copied alone it can train,
+evaluate and infer, and MONAI Label or the model zoo can take it as it is.
+
+Usage::
+
+    python scripts/sync_bundles.py           # rewrite what is out of date
+    python scripts/sync_bundles.py --check   # exit 1 and list what is out of date (the tests run this)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+SOURCE = BUNDLES / "brain_extraction_source"
+TEMPLATE = Path(__file__).resolve().parent / "bundle_templates" / "finetune_train.yaml"
+FINETUNE_BUNDLES = {
+    "brain_extraction_first_layers": "first",
+    "brain_extraction_last_layers": "last",
+    "brain_extraction_full": "full",
+}
+SHARED = ("configs/inference.yaml", "configs/evaluate.yaml", "configs/multi_gpu_train.yaml", "configs/logging.conf")
+COPIED = ("LICENSE",)
+SOURCE_WEIGHTS = ("models/model.pt", "models/source_model.pt")
+PLACEHOLDER = "strategy: {strategy}"
+
+
+def _generated_header(origin: str) -> str:
+    return f"# Generated from {origin} by scripts/sync_bundles.py: edit that file, then run the script.\n"
+
+
+def expected_files() -> dict[Path, bytes]:
+    """Every generated file and the bytes it must hold."""
+    template = TEMPLATE.read_text()
+    if template.count(PLACEHOLDER) != 1:
+        raise ValueError(f"{TEMPLATE}: needs exactly one line {PLACEHOLDER!r}")
+    out: dict[Path, bytes] = {}
+    for name, strategy in FINETUNE_BUNDLES.items():
+        bundle = BUNDLES / name
+        train = template.replace(PLACEHOLDER, f"strategy: {strategy}")
+        header = _generated_header("scripts/bundle_templates/finetune_train.yaml")
+        out[bundle / "configs" / "train.yaml"] = (header + train).encode()
+        for rel in SHARED:
+            text = (SOURCE / rel).read_text()
+            out[bundle / rel] = (_generated_header(f"bundles/{SOURCE.name}/{rel}") + text).encode()
+        for rel in COPIED:
+            out[bundle / rel] = (SOURCE / rel).read_bytes()
+        out[bundle / SOURCE_WEIGHTS[1]] = (SOURCE / SOURCE_WEIGHTS[0]).read_bytes()
+    return out
+
+
+def stale() -> list[Path]:
+    """The generated files that are missing, links, or differ from what their definition gives."""
+    return [p for p, data in expected_files().items() if p.is_symlink() or not p.is_file() or p.read_bytes() != data]
+
+
+def sync() -> list[Path]:
+    """Rewrite the stale files; returns them."""
+    changed = stale()
+    files = expected_files()
+    for path in changed:
+        if path.is_symlink():
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(files[path])
+        tmp.replace(path)
+    return changed
+
+
+def main(check: bool = False) -> None:
+    """Rewrite the fine-tuning bundles' shared files (``--check``: only list what is out of date, exit 1 if any)."""
+    paths = stale() if check else sync()
+    for p in paths:
+        print(f"sync_bundles: {'out of date' if check else 'wrote'} {p.relative_to(ROOT)}")
+    if check and paths:
+        print("sync_bundles: run `python scripts/sync_bundles.py`", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    import fire
+
+    from custom.options import refuse_unknown_options
+
+    fire.Fire(main, command=refuse_unknown_options(main, None, "sync_bundles: error: "), name="sync_bundles")
