@@ -16,7 +16,6 @@ from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from custom.adapters import AdapterError, apply_adapter
 from tests.bundle_utils import (
     ALL_BUNDLES,
-    BUNDLES as BUNDLES_DIR,
     FAST,
     FINETUNE,
     SCHEMA,
@@ -25,6 +24,9 @@ from tests.bundle_utils import (
     datalist,
     run_workflow,
     tiny_dataset,
+)
+from tests.bundle_utils import (
+    BUNDLES as BUNDLES_DIR,
 )
 
 REQUIRED = [
