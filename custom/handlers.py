@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 
 from custom.checkpoints import atomic_save, latest
 
-__all__ = ["CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resume"]
+__all__ = ["BroadcastBuffers", "CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resume"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,27 @@ class SetEpoch:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.dataset.set_epoch(e.state.epoch))
+
+
+class BroadcastBuffers:
+    """After every epoch, give every process the first process's buffers (BatchNorm running statistics).
+
+    Data-parallel training keeps the parameters equal, but each process's last forward pass updates its own
+    BatchNorm statistics. Attached before validation, this makes every process validate, and the first process save,
+    the same network.
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            for buffer in self.network.buffers():
+                dist.broadcast(buffer, src=0)
 
 
 class EpochCheckpoint:

@@ -335,10 +335,31 @@ def test_multi_gpu_train_with_two_cpu_processes(trained_source, data, tmp_path):
            "--dataset_dir", str(data), "--datalist_file", str(trained_source["datalist"]), "--output_dir", str(out),
            "--final_model", str(out / "model.pt"), "--adapter_path", str(out / "adapter.pt"),
            "--source_weights", str(trained_source["model"]), "--init_weights", str(trained_source["model"]),
-           "--max_epochs", "1", "--lr_decay_epoch", "1", "--slice_interval", "4", "--iterations_per_epoch", "4",
-           "--batch_size", "2", "--spacing", "[4.0,3.8,3.8]", "--roi_size", "[32,32]"]
+           "--max_epochs", "2", "--lr_decay_epoch", "1", "--slice_interval", "4", "--iterations_per_epoch", "4",
+           "--batch_size", "2", "--spacing", "[4.0,3.8,3.8]", "--roi_size", "[32,32]", "--val_interval", "1",
+           "--precision", "fp32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # validation ran after every epoch (all processes took part) and logged once, from the first process
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = {}
+    for events in out.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "val_surface_dice" in acc.Tags()["scalars"]:
+            logged.update({e.step: e.value for e in acc.Scalars("val_surface_dice")})
+    assert sorted(logged) == [1, 2]
+    # ... and its value is the single-process one: the final weights on the same validation scans
+    dl = json.loads(trained_source["datalist"].read_text())
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps({"test": dl["validation"]}))
+    run_workflow([bundle / "configs/inference.yaml", bundle / "configs/evaluate.yaml"], bundle, "infer",
+                 datalist_file=str(single), output_dir=str(tmp_path / "single"), model_path=str(out / "model.pt"),
+                 spacing=FAST["spacing"], precision="fp32")
+    with open(tmp_path / "single/metrics.csv") as f:
+        expected = [float(r["surface_dice"]) for r in csv.DictReader(f)]
+    assert logged[2] == pytest.approx(sum(expected) / len(expected), abs=1e-6)
     tuned = torch.load(out / "model.pt", weights_only=True)
     source = torch.load(trained_source["model"], weights_only=True)
     assert not torch.equal(tuned["init_path.0.weight"], source["init_path.0.weight"])
