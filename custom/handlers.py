@@ -15,7 +15,9 @@ from ignite.engine import Engine, Events
 
 from custom.checkpoints import atomic_save, latest
 
-__all__ = ["BroadcastBuffers", "CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resume"]
+__all__ = [
+    "BroadcastBuffers", "CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resume",
+]
 
 logger = logging.getLogger(__name__)
 
