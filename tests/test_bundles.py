@@ -224,6 +224,19 @@ def test_evaluate_masks_of_equal_file_names_do_not_clash(trained_source, data, t
 
 
 @pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
+def test_inversion_never_sees_a_gpu_tensor(bundle):
+    """MONAI inverts a cubic resampling of a CUDA tensor with cupy (not a dependency): the prediction moves to the
+    CPU right before Invertd, so on a GPU server (MONAI Label too) that branch cannot be reached."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs/inference.yaml"))
+    steps = parser["postprocessing"]["transforms"]
+    names = [t["_target_"] for t in steps]
+    before = steps[names.index("Invertd") - 1]
+    assert before["_target_"] == "ToDeviced" and before["keys"] == "pred" and before["device"] == "cpu"
+    assert names.count("Invertd") == 1
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES, ids=IDS)
 def test_tracking_mlflow_adds_monais_own_handlers(bundle, tmp_path):
     """``--tracking mlflow`` (MONAI's bundle runner) wires MLflow into training and validation, under output_dir."""
     from monai.bundle import ConfigWorkflow
