@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -16,7 +17,8 @@ from ignite.engine import Engine, Events
 from custom.checkpoints import atomic_save, latest
 
 __all__ = [
-    "BroadcastBuffers", "CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch", "resume",
+    "BroadcastBuffers", "CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch",
+    "VolumeProgress", "resume",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,53 @@ class BroadcastBuffers:
         if dist.is_available() and dist.is_initialized():
             for buffer in self.network.buffers():
                 dist.broadcast(buffer, src=0)
+
+
+class VolumeProgress:
+    """One log line per volume of an inference or evaluation run (name, seconds, and the volume's metric when
+    ``metric`` is an attached MONAI metric handler), plus a progress bar when stderr is a terminal."""
+
+    def __init__(self, metric=None, metric_name: str = "surface Dice"):
+        self.metric, self.metric_name = metric, metric_name
+        self._bar, self._t0 = None, 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._start)  # loading and preprocessing count too
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._done)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._close)
+
+    def _open(self, engine: Engine) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        total = engine.state.epoch_length
+        self._bar = tqdm(total=total, unit="volume", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+
+    def _start(self, engine: Engine) -> None:
+        self._t0 = time.perf_counter()
+
+    def _done(self, engine: Engine) -> None:
+        seconds = time.perf_counter() - self._t0
+        batch = engine.state.batch  # decollated by MONAI's engines: a list of per-volume dicts
+        item = batch[0] if isinstance(batch, list | tuple) and batch else batch
+        meta = getattr(item.get("image"), "meta", {}) if isinstance(item, dict) else {}
+        name = meta.get("filename_or_obj") or "<volume>"
+        name = name[0] if isinstance(name, list | tuple) else name
+        text = f"volume {engine.state.iteration}/{engine.state.epoch_length}: {name} ({seconds:.2f} s"
+        buffer = self.metric.metric_fn.get_buffer() if self.metric is not None else None
+        if isinstance(buffer, torch.Tensor) and buffer.numel():
+            text += f", {self.metric_name} {float(buffer.reshape(-1)[-1]):.4f}"
+        logger.info(text + ")")
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _close(self, engine: Engine, *_) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class EpochCheckpoint:

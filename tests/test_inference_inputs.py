@@ -84,3 +84,31 @@ def test_one_volume_as_dataset_dir(tmp_path, weights, what):
     assert [p.name for p in (tmp_path / "masks").iterdir()] == [name]
     assert not list(tmp_path.glob("*_brainmask.nii.gz"))
     _same_geometry(tmp_path / "masks" / name, scan)
+
+
+def test_one_progress_line_per_volume(tmp_path, weights):
+    """Inference says which volume it is on and how long each took; evaluate adds the volume's surface Dice."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    image, mask = head()
+    paths = [save(scans / f"{n}.nii.gz", image) for n in ("a", "b")]
+    result = _infer(scans, tmp_path / "masks", weights)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [ln for ln in (result.stdout + result.stderr).splitlines() if "custom.handlers - INFO - volume " in ln]
+    assert [ln.split(" - INFO - ")[1].split(" (")[0] for ln in lines] == [
+        f"volume 1/2: {paths[0]}", f"volume 2/2: {paths[1]}"]
+    assert all(ln.endswith(" s)") for ln in lines)
+    labels = [save(scans / f"{n}_mask.nii.gz", mask) for n in ("a", "b")]
+    datalist = tmp_path / "dl.json"
+    datalist.write_text(json.dumps({"test": [{"image": str(i), "label": str(m)} for i, m in zip(paths, labels)]}))
+    configs = json.dumps([str(SOURCE / "configs" / f) for f in ("inference.yaml", "evaluate.yaml")])
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--datalist_file", str(datalist),
+         "--output_dir", str(tmp_path / "eval"), "--model_path", str(weights), "--spacing", json.dumps(list(SPACING))],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [ln for ln in (result.stdout + result.stderr).splitlines() if "custom.handlers - INFO - volume " in ln]
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()[1:]
+    assert len(lines) == 2 == len(rows)
+    for line, row in zip(lines, rows, strict=True):  # the line's surface Dice is the scan's row in metrics.csv
+        assert f"surface Dice {float(row.split(',')[2]):.4f})" in line
