@@ -100,7 +100,8 @@ def test_one_progress_line_per_volume(tmp_path, weights):
     assert all(ln.endswith(" s)") for ln in lines)
     labels = [save(scans / f"{n}_mask.nii.gz", mask) for n in ("a", "b")]
     datalist = tmp_path / "dl.json"
-    datalist.write_text(json.dumps({"test": [{"image": str(i), "label": str(m)} for i, m in zip(paths, labels, strict=True)]}))
+    entries = [{"image": str(i), "label": str(m)} for i, m in zip(paths, labels, strict=True)]
+    datalist.write_text(json.dumps({"test": entries}))
     configs = json.dumps([str(SOURCE / "configs" / f) for f in ("inference.yaml", "evaluate.yaml")])
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--datalist_file", str(datalist),
