@@ -27,7 +27,7 @@ from monai.transforms import (
 )
 
 __all__ = [
-    "ApplyMaskd", "InputError", "LoadVolumed", "ValidateVolumed", "checks", "find_volumes", "mirror_root",
+    "ApplyMaskd", "InputError", "LikeInputd", "LoadVolumed", "ValidateVolumed", "checks", "find_volumes", "mirror_root",
     "preprocessing", "source_name",
 ]
 
@@ -170,6 +170,60 @@ class ApplyMaskd(MapTransform):
             stripped = MetaTensor(stripped, meta=image.meta)
         d[self.output_key] = stripped
         return d
+
+
+class LikeInputd(MapTransform):
+    """Give written NIfTI outputs the input file's own format: shape (a 4D single-volume input gives a 4D mask),
+    header (qform/sform codes, units, description) and, for the skull-stripped image, its data type and scaling.
+
+    Runs after ``SaveImaged(..., savepath_in_metadict=True)`` and rewrites each file in place (same folder). A mask
+    (``mask_key``) is stored as uint8; ``stripped_key`` is recomputed from the input's stored values times the mask,
+    so the voxels inside the brain are bit for bit the input's. Inputs that are not NIfTI files (DICOM series,
+    NRRD, ...) keep MONAI's output as written.
+    """
+
+    def __init__(self, mask_key: str = "pred", stripped_key: str | None = "stripped", source_key: str = "image"):
+        keys = [mask_key] + ([stripped_key] if stripped_key else [])
+        super().__init__(keys, allow_missing_keys=True)
+        self.mask_key, self.stripped_key, self.source_key = mask_key, stripped_key, source_key
+
+    def __call__(self, data: Mapping) -> dict:
+        import nibabel as nib
+
+        d = dict(data)
+        source = source_name(d, self.source_key)
+        if not str(source).endswith((".nii", ".nii.gz")) or not Path(source).is_file():
+            return d
+        original = nib.load(source)
+        mask_file = (getattr(d.get(self.mask_key), "meta", {}) or {}).get("saved_to")
+        if not mask_file:
+            return d
+        mask = np.asanyarray(nib.load(mask_file).dataobj).astype(np.uint8)
+        if mask.size != int(np.prod(original.shape)):
+            raise InputError(f"{source}: mask of shape {mask.shape} does not fit the input's {original.shape}")
+        mask = mask.reshape(original.shape)
+        _write_like(original, mask, np.uint8, mask_file)
+        stripped_file = (getattr(d.get(self.stripped_key), "meta", {}) or {}).get("saved_to") if (
+            self.stripped_key) else None
+        if stripped_file:
+            stored = np.asanyarray(original.dataobj.get_unscaled())
+            _write_like(original, stored * mask.astype(stored.dtype), stored.dtype, stripped_file, keep_scaling=True)
+        return d
+
+
+def _write_like(original, array: np.ndarray, dtype, path: str, keep_scaling: bool = False) -> None:
+    import nibabel as nib
+
+    header = original.header.copy()
+    header.set_data_dtype(dtype)
+    image = type(original)(array, None, header=header)
+    if not keep_scaling:
+        image.header.set_slope_inter(1.0, 0.0)
+    else:
+        image.header.set_slope_inter(*original.header.get_slope_inter())
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.nii.gz")
+    nib.save(image, tmp)
+    os.replace(tmp, path)
 
 
 def checks(keys: Sequence[str] = ("image", "label"), load: bool = True) -> list:

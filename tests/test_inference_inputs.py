@@ -113,3 +113,41 @@ def test_one_progress_line_per_volume(tmp_path, weights):
     assert len(lines) == 2 == len(rows)
     for line, row in zip(lines, rows, strict=True):  # the line's surface Dice is the scan's row in metrics.csv
         assert f"surface Dice {float(row.split(',')[2]):.4f})" in line
+
+
+def test_outputs_keep_the_inputs_format(tmp_path):
+    """A 4D single-volume input gives a 4D mask; header codes survive; the stripped image keeps the input's dtype
+    and stored values inside the mask (here a network that calls every voxel brain)."""
+    import nibabel as nib
+
+    state = UNet2D().state_dict()
+    state["out_path.2.bias"] = torch.full_like(state["out_path.2.bias"], 20.0)  # logits >> 0 everywhere
+    weights = tmp_path / "all_brain.pt"
+    torch.save(state, weights)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    template = nib.load(save(scans / "tmp.nii.gz", head()[0]))
+    stored = (np.asanyarray(template.dataobj) * 10).astype(np.int16)
+    for name, array in (("int16_3d", stored), ("float_4d", stored[..., None].astype(np.float32))):
+        image = nib.Nifti1Image(array, template.affine)
+        image.set_qform(template.affine, code=2)
+        image.set_sform(template.affine, code=4)
+        nib.save(image, scans / f"{name}.nii.gz")
+    (scans / "tmp.nii.gz").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(SOURCE / "configs" / "inference.yaml"),
+         "--dataset_dir", str(scans), "--output_dir", str(tmp_path / "out"), "--model_path", str(weights),
+         "--spacing", json.dumps(list(SPACING)), "--save_stripped", "true"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("int16_3d", "float_4d"):
+        source = nib.load(scans / f"{name}.nii.gz")
+        mask = nib.load(tmp_path / "out" / f"{name}_brainmask.nii.gz")
+        stripped = nib.load(tmp_path / "out" / f"{name}_stripped.nii.gz")
+        assert mask.shape == stripped.shape == source.shape
+        assert mask.get_data_dtype() == np.uint8 and stripped.get_data_dtype() == source.get_data_dtype()
+        for out in (mask, stripped):
+            assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (2, 4)
+            assert np.allclose(out.affine, source.affine)
+        assert np.asanyarray(mask.dataobj).min() == 1  # every voxel brain
+        assert np.array_equal(np.asanyarray(stripped.dataobj), np.asanyarray(source.dataobj))
