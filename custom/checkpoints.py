@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["WeightsError", "atomic_save", "latest", "load_into", "load_state_dict", "sha256"]
+__all__ = ["WeightsError", "atomic_save", "atomic_write_text", "latest", "load_into", "load_state_dict", "sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,24 @@ def atomic_save(obj, path: str | Path, compact: bool = False) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp, _use_new_zipfile_serialization=not compact)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename (readable as the umask allows)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

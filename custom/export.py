@@ -49,6 +49,7 @@ __all__ = ["ExportError", "WeightsHashError", "export_bundle", "main", "verified
 logger = logging.getLogger(__name__)
 
 HASH_KEY = "weights_sha256"
+SHIPPED_KEY = "shipped_weights_sha256"  # in a repository bundle's metadata: the weights its docs describe
 META = "configs/metadata.json"
 CODE_ID = "custom_code"
 LARGE_FILE_MB = 25.0
@@ -488,6 +489,7 @@ def export_bundle(
     url_base: str | None = None,
     large_file_mb: float = LARGE_FILE_MB,
     overwrite: bool = False,
+    version: str | None = None,
 ) -> Path:
     """Package ``bundle`` as the zip ``output`` (default ``dist/<name>-<version>.zip``); returns its path.
 
@@ -504,6 +506,8 @@ def export_bundle(
         large_file_mb: weight files over this many MB (10^6 bytes) go to ``large_files.yml`` and beside the zip
             (``<output without .zip>_large_files/<path in the bundle>``), not into it.
         overwrite: replace an existing output.
+        version: the version of weights other than the shipped ones (default ``<version>+<sha256[:8]>``); such an
+            export gets a changelog entry and a ``provenance`` block (from ``models/model.provenance.json``).
 
     Raises:
         ExportError: bad input; nothing has been written.
@@ -525,7 +529,10 @@ def export_bundle(
         if not (bundle / required).is_file():
             raise ExportError(f"{bundle}: not a bundle of this repository ({required} missing)")
     meta = _read_meta(bundle)
+    if version is not None and (not isinstance(version, str) or not version.strip() or "/" in version):
+        raise ExportError(f"--version must be a version string such as 0.2.0+site1, got {version!r}")
     name = bundle.resolve().name
+    output_default = output is None
     output = _as_path(output, "output") or Path("dist") / f"{name}-{meta['version']}.zip"
     if output.suffix != ".zip":
         raise ExportError(f"{output}: the output must be a .zip file")
@@ -574,6 +581,13 @@ def export_bundle(
         files[MODEL] = weights
 
     _check_large({rel: src.stat().st_size for rel, src in files.items()}, large_file_mb, url_base)
+    meta = _user_trained(meta, bundle, files[ADAPTER if adapter_only else MODEL], version)
+    if output_default:
+        output = Path("dist") / f"{name}-{meta['version']}.zip"
+        large_dir = output.with_name(output.name[: -len(".zip")] + "_large_files")
+        for existing in (output, large_dir):
+            if existing.exists() and not overwrite:
+                raise ExportError(f"{existing}: already exists (pass --overwrite true to replace it)")
 
     # ---- stage, zip, rename ----
     work = Path(tempfile.mkdtemp(prefix=f".export-{name}-"))
@@ -583,6 +597,12 @@ def export_bundle(
         shutil.copyfile(bundle / "LICENSE", stage / "LICENSE")
         if (bundle / "docs").is_dir():
             shutil.copytree(bundle / "docs", stage / "docs", symlinks=False)
+            readme = stage / "docs" / "README.md"
+            if "provenance" in meta and readme.is_file():
+                readme.write_text(f"> **Version {meta['version']}: weights trained by their user** (see `provenance` "
+                                  "in `configs/metadata.json`). The recipe and numbers below describe the shipped "
+                                  f"version {meta['provenance']['based_on']}, not these weights.\n\n"
+                                  + readme.read_text())
         texts = []
         for path in sorted((bundle / "configs").iterdir()):
             if not path.is_file() or path.name == "metadata.json":
@@ -651,6 +671,37 @@ def export_bundle(
     return output
 
 
+def _user_trained(meta: dict, bundle: Path, weights: Path, version: str | None) -> dict:
+    """Metadata for weights that are not the shipped ones: a new version, a changelog entry and their provenance.
+
+    The shipped weights are those whose sha256 ``shipped_weights_sha256`` records; anything else was trained (or
+    chosen) by the user, and the export must not claim the shipped recipe.
+    """
+    digest = sha256(weights)
+    shipped = meta.get(SHIPPED_KEY, {})
+    if digest in shipped.values() and version is None:
+        return meta
+    from custom.handlers import provenance_path
+
+    record = {"based_on": meta["version"], "weights": weights.name, "weights_sha256": digest}
+    model = bundle / MODEL
+    trained = provenance_path(model)
+    if trained.is_file() and model.is_file():
+        run = json.loads(trained.read_text())
+        if run.get("model_sha256") == sha256(model):  # describes the model these weights come from
+            record["training"] = run
+    new_version = version or f"{meta['version']}+{digest[:8]}"
+    what = record.get("training", {})
+    detail = ", ".join(f"{k} {what[k]}" for k in ("strategy", "epochs_run") if k in what)
+    if "datalist" in what:
+        detail += f"{', ' if detail else ''}datalist sha256 {what['datalist']['sha256'][:12]}"
+    entry = f"weights trained by the user from {meta['version']}" + (f" ({detail})" if detail else "")
+    out = {**meta, "version": new_version, "changelog": {new_version: entry, **meta.get("changelog", {})},
+           "provenance": record}
+    out.pop(SHIPPED_KEY, None)
+    return out
+
+
 def _module_available(name: str) -> bool:
     import importlib.util
 
@@ -675,6 +726,7 @@ def _cli(
     url_base=None,
     large_file_mb=LARGE_FILE_MB,
     overwrite=False,
+    version=None,
     **unknown,
 ) -> None:
     if unexpected:
@@ -683,7 +735,7 @@ def _cli(
         raise ExportError(f"unknown option --{sorted(unknown)[0]}")
     out = export_bundle(bundle, output, adapter_only=adapter_only, weights=weights, adapter=adapter,
                         source_weights=source_weights, torchscript=torchscript, onnx=onnx, url_base=url_base,
-                        large_file_mb=large_file_mb, overwrite=overwrite)
+                        large_file_mb=large_file_mb, overwrite=overwrite, version=version)
     print(f"export_bundle: wrote {out}", file=sys.stderr)
 
 
@@ -692,7 +744,7 @@ _cli.__doc__ = export_bundle.__doc__
 
 USAGE = """usage: export_bundle --bundle <folder> [--output <zip>] [--adapter_only true] [--weights <model.pt>]
                      [--adapter <adapter.pt>] [--source_weights <model.pt>] [--torchscript true] [--onnx true]
-                     [--url_base <url>] [--large_file_mb 25] [--overwrite true]
+                     [--url_base <url>] [--large_file_mb 25] [--overwrite true] [--version <version>]
 """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -14,11 +15,11 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from custom.checkpoints import atomic_save, latest
+from custom.checkpoints import atomic_save, atomic_write_text, latest
 
 __all__ = [
     "BroadcastBuffers", "CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch",
-    "VolumeProgress", "resume",
+    "VolumeProgress", "provenance_path", "provenance_record", "resume",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,11 @@ class VolumeProgress:
     def _open(self, engine: Engine) -> None:
         import sys
 
-        from tqdm import tqdm
+        from monai.utils import optional_import
 
-        total = engine.state.epoch_length
-        self._bar = tqdm(total=total, unit="volume", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+        tqdm, has_tqdm = optional_import("tqdm", name="tqdm")  # a bar only where tqdm is installed
+        if has_tqdm and sys.stderr.isatty():
+            self._bar = tqdm(total=engine.state.epoch_length, unit="volume", file=sys.stderr, leave=False)
 
     def _start(self, engine: Engine) -> None:
         self._t0 = time.perf_counter()
@@ -146,10 +148,15 @@ def resume(trainer: Engine, folder: str, objects: dict, enabled: bool = True) ->
 
 
 class FinalModelSaver:
-    """Save the network's state dict atomically when training COMPLETES (never after a crash)."""
+    """Save the network's state dict atomically when training COMPLETES (never after a crash).
 
-    def __init__(self, network: torch.nn.Module, path: str):
-        self.network, self.path = network, path
+    With ``provenance`` (what the run was made from: datalist, recipe, strategy, initial weights), also write
+    ``<model>.provenance.json`` beside it: that dict with file paths and the datalist replaced by their sha256, plus
+    the model's own sha256, the epochs run and the finishing time. Exports read it (``custom.export``).
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str, provenance: dict | None = None):
+        self.network, self.path, self.provenance = network, path, provenance
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -160,6 +167,39 @@ class FinalModelSaver:
             return
         atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.path)
         logger.info("saved the final model to %s", self.path)
+        if self.provenance is not None:
+            record = provenance_record(self.provenance, self.path, engine)
+            atomic_write_text(provenance_path(self.path), json.dumps(record, indent=2, default=str) + "\n")
+
+
+def provenance_path(model_path: str | Path) -> Path:
+    """``models/model.pt`` -> ``models/model.provenance.json``."""
+    return Path(model_path).with_suffix(".provenance.json")
+
+
+def provenance_record(provenance: dict, model_path: str | Path, engine: Engine | None = None) -> dict:
+    import hashlib
+    from datetime import datetime, timezone
+
+    from custom.checkpoints import sha256
+
+    def describe(value):
+        if isinstance(value, str | Path) and Path(value).is_file():
+            return {"file": Path(value).name, "sha256": sha256(value)}
+        return value
+
+    record = {k: describe(v) for k, v in provenance.items() if k != "datalist"}
+    if "datalist" in provenance:
+        text = json.dumps(provenance["datalist"], sort_keys=True, default=str)
+        parts = provenance["datalist"] if isinstance(provenance["datalist"], dict) else {}
+        record["datalist"] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
+                              "scans": {k: len(v) for k, v in parts.items() if isinstance(v, list)}}
+    if engine is not None:
+        record["epochs_run"] = engine.state.epoch
+        record["iterations_run"] = engine.state.iteration
+    record["model_sha256"] = sha256(model_path)
+    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return record
 
 
 class PerScanCSV:

@@ -2,6 +2,7 @@
 
 The source bundle (``bundles/brain_extraction_source``) defines inference, evaluation, multi-process training,
 logging, the license and the source weights; ``scripts/bundle_templates/finetune_train.yaml`` defines fine-tuning.
+Every bundle's metadata records the sha256 of the weights it ships (``shipped_weights_sha256``).
 Each fine-tuning bundle differs only in its ``strategy`` (``FINETUNE_BUNDLES`` below) and its own metadata, docs
 and fine-tuned weights. Every bundle folder is self-contained (real files, no links): copied alone it can train,
 evaluate and infer, and MONAI Label or the model zoo can take it as it is.
@@ -14,6 +15,8 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -30,6 +33,8 @@ SHARED = ("configs/inference.yaml", "configs/evaluate.yaml", "configs/multi_gpu_
 COPIED = ("LICENSE",)
 SOURCE_WEIGHTS = ("models/model.pt", "models/source_model.pt")
 PLACEHOLDER = "strategy: {strategy}"
+WEIGHTS = ("models/model.pt", "models/adapter.pt", "models/source_model.pt")
+SHIPPED_KEY = "shipped_weights_sha256"  # custom.export: weights with other hashes were trained by their user
 
 
 def _generated_header(origin: str) -> str:
@@ -53,6 +58,12 @@ def expected_files() -> dict[Path, bytes]:
         for rel in COPIED:
             out[bundle / rel] = (SOURCE / rel).read_bytes()
         out[bundle / SOURCE_WEIGHTS[1]] = (SOURCE / SOURCE_WEIGHTS[0]).read_bytes()
+    for bundle in [SOURCE, *(BUNDLES / name for name in FINETUNE_BUNDLES)]:
+        weights = {rel: out.get(bundle / rel) or (bundle / rel).read_bytes() for rel in WEIGHTS
+                   if bundle / rel in out or (bundle / rel).is_file()}
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        meta[SHIPPED_KEY] = {rel: hashlib.sha256(data).hexdigest() for rel, data in weights.items()}
+        out[bundle / "configs" / "metadata.json"] = (json.dumps(meta, indent=4, ensure_ascii=False) + "\n").encode()
     return out
 
 

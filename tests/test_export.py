@@ -83,7 +83,14 @@ def repo(tmp_path_factory, volume):
         for stale in models.glob("*"):
             stale.unlink()
         atomic_save(net.state_dict(), models / "model.pt")
-        save_adapter(net, source, models / "adapter.pt", strategy)
+        shutil.copyfile(source, models / "source_model.pt")
+        save_adapter(net, models / "source_model.pt", models / "adapter.pt", strategy)
+    for bundle in bundles.values():  # these weights are the copies' "shipped" ones
+        meta_file = bundle / "configs" / "metadata.json"
+        meta = json.loads(meta_file.read_text())
+        meta["shipped_weights_sha256"] = {f"models/{p.name}": sha256(p.read_bytes())
+                                          for p in (bundle / "models").glob("*.pt")}
+        meta_file.write_text(json.dumps(meta, indent=4))
     return {"root": root, "bundles": bundles, "source": source, "tuned": state}
 
 
@@ -141,6 +148,38 @@ def expressions(node):
 
 
 # ---- layout, metadata, hashes ---------------------------------------------------------------------------------
+
+def test_user_trained_weights_get_their_own_version_and_provenance(repo, tmp_path):
+    """Weights other than the shipped ones: a new version, a changelog entry and the training's provenance; the
+    docs say the numbers are the shipped version's."""
+    from custom.handlers import provenance_path, provenance_record
+
+    bundle = copy_bundle(repo["bundles"]["brain_extraction_last_layers"], tmp_path)
+    state = torch.load(bundle / "models/model.pt", weights_only=True)
+    state["out_path.1.layer.bias"] += 1.0
+    atomic_save(state, bundle / "models/model.pt")
+    record = provenance_record({"strategy": "last", "datalist": {"training": [{"image": "a.nii.gz"}]}},
+                               bundle / "models/model.pt")
+    provenance_path(bundle / "models/model.pt").write_text(json.dumps(record))
+    shipped = json.loads((bundle / "configs/metadata.json").read_text())["version"]
+    digest = sha256((bundle / "models/model.pt").read_bytes())
+    for version, expected in ((None, f"{shipped}+{digest[:8]}"), ("2.0.0+site1", "2.0.0+site1")):
+        zipped = export_bundle(bundle, tmp_path / f"{version}.zip", version=version)
+        with zipfile.ZipFile(zipped) as zf:
+            meta = json.loads(zf.read(f"{bundle.name}/configs/metadata.json"))
+            readme = zf.read(f"{bundle.name}/docs/README.md").decode()
+        assert meta["version"] == expected and list(meta["changelog"])[0] == expected
+        assert "strategy last" in meta["changelog"][expected] and record["datalist"]["sha256"][:12] in \
+            meta["changelog"][expected]
+        assert meta["provenance"]["based_on"] == shipped and meta["provenance"]["weights_sha256"] == digest
+        assert meta["provenance"]["training"]["datalist"] == record["datalist"]
+        assert "shipped_weights_sha256" not in meta
+        assert readme.startswith(f"> **Version {expected}: weights trained by their user**")
+    # the shipped weights keep the shipped version
+    zipped = export_bundle(repo["bundles"]["brain_extraction_last_layers"], tmp_path / "shipped.zip")
+    with zipfile.ZipFile(zipped) as zf:
+        assert json.loads(zf.read("brain_extraction_last_layers/configs/metadata.json"))["version"] == shipped
+
 
 @pytest.mark.parametrize("name", [b.name for b in ALL_BUNDLES])
 def test_zip_layout_and_weight_hashes(repo, name, tmp_path):
