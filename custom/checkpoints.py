@@ -76,10 +76,13 @@ def load_state_dict(path: str | Path, map_location="cpu") -> dict[str, torch.Ten
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty weights file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, or a pickle with code in it
-        raise WeightsError(f"{path}: not a readable tensor-only weights file ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise WeightsError(f"{path}: not a readable tensor-only weights file ({type(e).__name__}: {first})") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: does not hold a model state dict")
@@ -101,7 +104,7 @@ def latest(folder: str | Path) -> str | None:
 def load_into(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load the weights file ``path`` into ``network`` strictly and return it (for a config's ``network`` item).
 
-    Logs which file (and its sha256) a run starts from; a file that does not fit the network is one ``WeightsError``
+    Logs which file (and its sha256) a run uses; a file that does not fit the network is one ``WeightsError``
     naming the file.
     """
     state = load_state_dict(path)
@@ -110,5 +113,5 @@ def load_into(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     except RuntimeError as e:
         detail = " ".join(str(e).strip().splitlines()[:2])[:300]
         raise WeightsError(f"{path}: weights do not fit {type(network).__name__} ({detail})") from None
-    logger.info("initial weights: %s (sha256 %s)", path, sha256(path))
+    logger.info("weights: %s (sha256 %s)", path, sha256(path))
     return network

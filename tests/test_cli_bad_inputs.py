@@ -164,6 +164,33 @@ def _inference_cases(root: Path) -> list[Case]:
     cases.append(Case("unknown_option", folder, ["--dataset_dir", str(inputs), "--save_strippd", "true"],
                       "inference.yaml", "unknown option --save_strippd"))
 
+    # weights: a pickle that would run code, a truncated file, an empty one, another network's state dict
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    def bad_weights(kind: str, folder: Path) -> Path:
+        path = folder / "weights.pt"
+        good = UNet2D().state_dict()
+        if kind == "pickle_weights":
+            torch.save({"model": Exploit()}, path)
+        elif kind == "truncated_weights":
+            torch.save(good, path)
+            path.write_bytes(path.read_bytes()[:4000])
+        elif kind == "empty_weights":
+            path.write_bytes(b"")
+        else:
+            torch.save(UNet2D(n_filters=8).state_dict(), path)
+        return path
+
+    for kind, problem in (("pickle_weights", "not a readable tensor-only weights file"),
+                          ("truncated_weights", "not a readable tensor-only weights file"),
+                          ("empty_weights", "empty weights file"), ("wrong_weights", "weights do not fit UNet2D")):
+        folder, inputs = case(kind)
+        weights = bad_weights(kind, folder)
+        cases.append(Case(kind, folder, ["--dataset_dir", str(inputs), "--model_path", str(weights)], str(weights),
+                          problem))
+
     folder, inputs = case("singleton_4d")
     corpus.singleton_4d(inputs)
     cases.append(Case(CONTROL, folder, ["--dataset_dir", str(inputs)], outputs=["out/t1_4d_brainmask.nii.gz"]))
