@@ -30,7 +30,7 @@ FINETUNE_BUNDLES = {
     "brain_extraction_full": "full",
 }
 SHARED = ("configs/inference.yaml", "configs/evaluate.yaml", "configs/multi_gpu_train.yaml", "configs/logging.conf")
-COPIED = ("LICENSE",)
+COPIED = ("LICENSE", "docs/data_license.txt")
 SOURCE_WEIGHTS = ("models/model.pt", "models/source_model.pt")
 PLACEHOLDER = "strategy: {strategy}"
 WEIGHTS = ("models/model.pt", "models/adapter.pt", "models/source_model.pt")
