@@ -50,3 +50,18 @@ def test_torchscript_matches_eager():
     x = torch.rand(2, 1, 48, 64)
     scripted = torch.jit.script(net)
     torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_a_checkpoint_of_the_authors_network_loads_strictly():
+    """State-dict names and shapes of the authors' UNet2D (DART20 code, dpipe blocks), kept as data."""
+    import json
+    from pathlib import Path
+
+    authors = json.loads((Path(__file__).parent / "data" / "authors_unet2d_state_dict.json").read_text())["state_dict"]
+    ours = UNet2D().state_dict()
+    assert {k: list(v.shape) for k, v in ours.items()} == authors
+    checkpoint = {k: torch.randn(shape) if shape else torch.tensor(7) for k, shape in authors.items()}
+    net = UNet2D()
+    net.load_state_dict(checkpoint, strict=True)
+    key = "down2.4.conv_path.1.layer.weight"  # the authors' index 4: after their dropout slot at 3
+    assert torch.equal(net.state_dict()[key], checkpoint[key])
