@@ -440,7 +440,7 @@ def _cell_datalist(cell: Cell, scans: Sequence[Scan], profile: Profile) -> dict:
             dl = {**dl, "name": f"{dl['name']}_on_{cell.target}", "target": cell.target, "test": test}
         return dl
     if cell.role == "oracle":
-        return oracle(scans, cell.source, cell.fold, n_folds=N_FOLDS, seed=seed, n_val=profile.n_val)
+        return oracle(scans, cell.source, cell.fold, n_folds=N_FOLDS, seed=seed)  # 2 validation scans, as dpipe
     n_scans, k = budget(cell.n_slices)
     dl = one2one(scans, cell.source, cell.target, n_scans, k, seed=seed)
     return {**dl, "n_slices": cell.n_slices}

@@ -5,8 +5,13 @@ A datalist is ``{"training": [...], "validation": [...], "test": [...]}`` plus i
 ``{"image": path, "label": path, "id": "CC0001", "domain": "siemens_15"}``; entries keep the id order.
 Read one part with ``monai.data.load_decathlon_datalist(path, data_list_key="training")``.
 
-Randomness: ``random.Random(seed)`` shuffles the id-sorted scans of one domain, so a split depends only on
-the seed and the scans of the domains involved (stable across runs, platforms and Python versions).
+Which scans: the authors' algorithm (DART20 code). A domain's ids are put in the order of the authors' ``meta.csv``
+(``custom/resources/cc359_authors_order.csv``) when every one of them is a CC359 scan of that domain there, else in id
+order (other datasets, the demo data); the order the files are found in never matters. Then scikit-learn with
+``random_state=0xBadCafe``: one2all holds out ``train_test_split(ids, test_size=n_val)[1]`` for validation; one2one
+annotates ``train_test_split(ids, test_size=n_add_ids)[1]`` and tests on the rest; the oracle folds are dpipe's
+``train_val_test_split(ids, val_size, n_splits)``: ``KFold(n_splits, shuffle=True)`` test folds, then a
+``ShuffleSplit(test_size=val_size)`` of the rest for validation.
 
 Command line (``data_dir`` in either layout of `custom.cc359.index_dataset`)::
 
@@ -18,9 +23,10 @@ Command line (``data_dir`` in either layout of `custom.cc359.index_dataset`)::
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 import os
-import random
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -91,18 +97,36 @@ def _entry(scan: Scan) -> dict:
     return {"image": scan.image, "label": scan.mask, "id": scan.id, "domain": scan.domain}
 
 
+AUTHORS_ORDER = Path(__file__).resolve().parent / "resources" / "cc359_authors_order.csv"
+
+
+@functools.cache
+def _authors_rank() -> dict[tuple[str, str], int]:
+    """(id, domain) -> row of the authors' meta.csv."""
+    with open(AUTHORS_ORDER, newline="") as f:
+        return {(row["id"], row["domain"]): i for i, row in enumerate(csv.DictReader(f))}
+
+
 def _domain_scans(scans: Sequence[Scan], domain: str) -> list[Scan]:
+    """The domain's scans in the authors' order (all of them CC359 scans of that domain), else in id order."""
     check_domain(domain)
     found = sorted((s for s in scans if s.domain == domain), key=lambda s: s.id)
     if not found:
         raise ValueError(f"no scans of domain {domain} in the dataset")
+    rank = _authors_rank()
+    if all((s.id, s.domain) in rank for s in found):
+        found.sort(key=lambda s: rank[(s.id, s.domain)])
     return found
 
 
-def _shuffled(scans: list[Scan], seed: int) -> list[Scan]:
-    scans = list(scans)
-    random.Random(seed).shuffle(scans)
-    return scans
+def _hold_out(scans: list[Scan], n: int, seed: int) -> tuple[list[Scan], list[Scan]]:
+    """``train_test_split(scans, test_size=n, random_state=seed)``: (the rest, the ``n`` held out)."""
+    if n == 0:
+        return list(scans), []
+    from sklearn.model_selection import train_test_split
+
+    rest, held = train_test_split(list(scans), test_size=n, random_state=seed)
+    return list(rest), list(held)
 
 
 def _by_id(scans: Sequence[Scan]) -> list[dict]:
@@ -114,24 +138,24 @@ def one2all(scans: Sequence[Scan], source: str, n_val: int = 4, seed: int = DEFA
     domain = _domain_scans(scans, source)
     if not 0 <= n_val < len(domain):
         raise ValueError(f"n_val={n_val} must be in [0, {len(domain) - 1}] for {len(domain)} {source} scans")
-    order = _shuffled(domain, seed)
+    training, validation = _hold_out(domain, n_val, seed)
     return {
         "name": f"one2all_{source}",
         "source": source,
         "seed": seed,
-        "training": _by_id(order[n_val:]),
-        "validation": _by_id(order[:n_val]),
+        "training": _by_id(training),
+        "validation": _by_id(validation),
         "test": _by_id([s for s in scans if s.domain != source]),
     }
 
 
 def oracle(
-    scans: Sequence[Scan], domain: str, fold: int, n_folds: int = 3, seed: int = DEFAULT_SEED, n_val: int = 4
+    scans: Sequence[Scan], domain: str, fold: int, n_folds: int = 3, seed: int = DEFAULT_SEED, n_val: int = 2
 ) -> dict:
-    """In-domain cross-validation: fold `fold` of `n_folds` is the test set.
+    """In-domain cross-validation: fold `fold` of `n_folds` is the test set (dpipe's ``train_val_test_split``).
 
-    The domain is shuffled once (same order for every fold) and cut into `n_folds` near-equal parts, so the
-    test sets of the folds partition the domain. Validation = `n_val` of the remaining scans, capped at
+    The test sets of the folds partition the domain (``KFold(n_folds, shuffle=True, random_state=seed)``);
+    validation = ``n_val`` of the remaining scans (``ShuffleSplit``, the same seed), capped at
     ``len(remaining) - 1`` so that at least one training scan is left in a tiny domain.
     """
     members = _domain_scans(scans, domain)
@@ -141,11 +165,14 @@ def oracle(
         )
     if not 0 <= fold < n_folds:
         raise ValueError(f"fold={fold} must be in [0, {n_folds - 1}]")
-    order = _shuffled(members, seed)
-    bounds = [len(order) * i // n_folds for i in range(n_folds + 1)]
-    test = order[bounds[fold] : bounds[fold + 1]]
-    rest = order[: bounds[fold]] + order[bounds[fold + 1] :]
+    from sklearn.model_selection import KFold, ShuffleSplit
+
+    rest_index, test_index = list(KFold(n_folds, shuffle=True, random_state=seed).split(members))[fold]
+    test = [members[i] for i in test_index]
+    rest = [members[i] for i in rest_index]
     n_val = max(0, min(n_val, len(rest) - 1))
+    val_index = set(next(ShuffleSplit(test_size=n_val, random_state=seed).split(rest))[1]) if n_val else set()
+    validation = [s for i, s in enumerate(rest) if i in val_index]
     return {
         "name": f"oracle_{domain}_fold{fold}",
         "source": domain,
@@ -153,8 +180,8 @@ def oracle(
         "fold": fold,
         "n_folds": n_folds,
         "seed": seed,
-        "training": _by_id(rest[n_val:]),
-        "validation": _by_id(rest[:n_val]),
+        "training": _by_id([s for i, s in enumerate(rest) if i not in val_index]),
+        "validation": _by_id(validation),
         "test": _by_id(test),
     }
 
@@ -169,8 +196,8 @@ def one2one(
 ) -> dict:
     """Fine-tuning pair: train on `n_add_ids` target scans, test on the rest of the target domain.
 
-    The annotated scans depend on the target and the seed only (the same for every source), and are nested:
-    the first scan of a 2-scan budget is the scan of the 1-scan budget. No validation: the last epoch is kept.
+    The annotated scans depend on the target and the seed only (the same for every source): the authors'
+    ``train_test_split(ids, test_size=n_add_ids)``. No validation: the last epoch is kept.
     `source` is recorded for the model to start from; `slice_interval` (k) for the slice sampler.
     """
     check_domain(source)
@@ -184,7 +211,7 @@ def one2one(
         )
     if slice_interval < 1:
         raise ValueError(f"slice_interval must be >= 1, got {slice_interval}")
-    order = _shuffled(members, seed)
+    test, annotated = _hold_out(members, n_add_ids, seed)
     return {
         "name": f"one2one_{source}_to_{target}_{n_add_ids}scan_k{slice_interval}",
         "source": source,
@@ -192,9 +219,9 @@ def one2one(
         "seed": seed,
         "n_add_ids": n_add_ids,
         "slice_interval": slice_interval,
-        "training": _by_id(order[:n_add_ids]),
+        "training": _by_id(annotated),
         "validation": [],
-        "test": _by_id(order[n_add_ids:]),
+        "test": _by_id(test),
     }
 
 
@@ -254,7 +281,7 @@ def _oracle_command(
     domain: str,
     fold: int,
     n_folds: int = 3,
-    n_val: int = 4,
+    n_val: int = 2,
     seed=DEFAULT_SEED,
     relative=False,
 ):
