@@ -127,6 +127,7 @@ class Profile:
     # source domain -> shipped weights that stand in for training that source (reproduce.py --train_source trains it)
     source_models: dict = field(default_factory=dict)
     workers: int = 1  # default --workers (capped at the number of CPU cores)
+    precision: str = "fp32"  # the bundles' --precision in every cell (the paper: fp32)
 
 
 PAPER = Profile(
@@ -159,6 +160,7 @@ DEMO = Profile(
     data_seed=1,
     source_models={"siemens_15": str(DEMO_SOURCE_MODEL)},
     workers=2,
+    precision="auto",
 )
 
 # the paper's values of the knobs a profile may override (PROTOCOL.md; the bundles' defaults)
@@ -223,6 +225,9 @@ def shortened(profile: Profile) -> list[str]:
             lines.append(f"{name}: {_schedule_text(mine)} (paper: {_schedule_text(paper)}); {ratio:.0f}x fewer "
                          f"steps, so a larger learning rate: summed over all steps it is {_lr_steps(mine):.2f} "
                          f"(paper {_lr_steps(paper):.2f})")
+    if profile.precision != "fp32":
+        lines.append(f"precision {profile.precision} (bf16 autocast where the hardware runs it natively) instead of "
+                     "the paper's fp32")
     if profile.n_val != PAPER_VALUES["n_val"]:
         lines.append(f"{profile.n_val} held-out validation scan(s) per source instead of 4 (they only serve as the "
                      "in-domain reference on the baseline matrix's diagonal; the last epoch is kept either way)")
@@ -244,6 +249,7 @@ def profile_overrides(profile: Profile, kind: str) -> dict:
         out["spacing"] = list(profile.spacing)
     if kind != "evaluate" and profile.roi_size is not None:
         out["roi_size"] = list(profile.roi_size)
+    out["precision"] = profile.precision
     out.update(getattr(profile, kind))
     if kind != "evaluate":
         out["seed"] = profile.seed
@@ -1459,8 +1465,7 @@ def _precision_and_loss_lines(p: Plan) -> list[str]:
             ratios.append(losses[-1] / losses[-2])
     lines = []
     if precisions:
-        lines.append(f"- precision: {', '.join(sorted(precisions))} (bundle option `precision`, "
-                     f"{p.profile.finetune.get('precision', 'auto')} here)")
+        lines.append(f"- precision: {', '.join(sorted(precisions))} (the bundles' `--precision {p.profile.precision}`)")
     if ratios:
         ratios.sort()
         lines.append(f"- fine-tuning loss, last epoch / the one before: median {ratios[len(ratios) // 2]:.2f}, range "
