@@ -44,7 +44,7 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
         curves["train_loss"] = {**logged, **(_per_epoch(per_iteration, run_dir) if per_iteration else {})}
     if not curves:
         raise ValueError(f"{run_dir}: no TensorBoard scalars and no train.log")
-    return curves
+    return {tag: dict(sorted(values.items())) for tag, values in curves.items()}
 
 
 def _per_epoch(points: list[tuple[int, float]], run_dir: Path) -> dict[int, float]:
