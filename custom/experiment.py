@@ -148,7 +148,7 @@ DEMO = Profile(
     "paper's voxel size (a full-slice field of view and a one-voxel surface-Dice tolerance, as in the paper)",
     spacing=(2.0, 1.9, 1.9),
     roi_size=(128, 128),  # 243 mm: the whole slice, as the paper's 256 crops of 0.95 mm voxels
-    baseline={"max_epochs": 24, "lr_decay_epoch": 20, "iterations_per_epoch": 100, "batch_size": 16,
+    baseline={"max_epochs": 14, "lr_decay_epoch": 11, "iterations_per_epoch": 100, "batch_size": 16,
               "learning_rate": 0.01},
     finetune={"max_epochs": 6, "lr_decay_epoch": 5, "iterations_per_epoch": 10, "batch_size": 16,
               "learning_rate": 0.025},

@@ -25,8 +25,8 @@ Profiles:
   ~2 mm voxels, generated when ``--data_dir`` is missing or empty) instead of CC359; everything at twice the paper's
   voxel size: resampling to 2.0 x 1.9 x 1.9 mm, 128 x 128 crops (the whole slice, as the paper's 256 x 256 at
   0.95 mm), surface Dice at 2 mm (one voxel, as the paper's 1 mm); the siemens_15 source model is the shipped
-  ``custom/resources/demo_source_siemens_15.pt`` (trained by the source bundle with 24 epochs x 100 iterations,
-  batch 16, lr 1e-2 x0.1 at epoch 20, on other simulated subjects; ``--train_source true`` trains it instead);
+  ``custom/resources/demo_source_siemens_15.pt`` (trained by the source bundle with 14 epochs x 100 iterations,
+  batch 16, lr 1e-2 x0.1 at epoch 11, on other simulated subjects; ``--train_source true`` trains it instead);
   fine-tuning 6 epochs x 10 iterations, batch 16, lr 2.5e-2 x0.1 at epoch 5; precision auto (bf16 where
   native); grid siemens_15 -> ge_15, philips_15 with budgets 5, 24, 90 (each budget keeps the protocol's slice
   interval k, so a ~100-slice demo scan offers about 100/k slices: about 2, 8 and 33). No oracle unless
