@@ -16,7 +16,7 @@ from custom.cc359 import index_dataset
 from custom.splits import candidate_slices, one2all, one2one
 from custom.transforms import InputError
 
-__all__ = ["SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist", "one2one_datalist"]
+__all__ = ["CROP_MODES", "SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist", "one2one_datalist"]
 
 DATALIST_KEYS = ("training", "validation", "test")
 
@@ -79,12 +79,31 @@ def one2one_datalist(dataset_dir: str, source: str, target: str, n_add_ids: int,
 logger = logging.getLogger(__name__)
 
 
-def crop_or_pad(image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator):
-    """A random ``size`` window of a (C, H, W) slice; sides smaller than ``size`` are centre-padded
-    (the image with its minimum, the mask with 0), as the paper does."""
+CROP_MODES = ("random", "centre_if_small")
+
+
+def crop_or_pad(
+    image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator, mode: str = "random"
+):
+    """A ``size`` window of a (C, H, W) slice (the image padded with its minimum, the mask with 0).
+
+    ``mode="random"``: a random window along each side longer than ``size``; shorter sides are centre-padded.
+    ``mode="centre_if_small"`` (the paper's code, dpipe's ``sample_center_uniformly`` + ``crop_to_box``): if any
+    side is shorter than ``size`` the window is centred on the slice on BOTH axes (start ``n // 2 - size // 2``,
+    negative = padding), else it is random as above.
+    """
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode must be one of {', '.join(CROP_MODES)}, got {mode!r}")
+    sides = [(image.shape[axis], target) for axis, target in zip((1, 2), size, strict=True)]
+    if mode == "centre_if_small" and any(n < target for n, target in sides):
+        # dpipe's crop_to_box: cut the part of the centred box inside the slice, then pad with ITS minimum
+        box = [(n // 2 - target // 2, n // 2 - target // 2 + target) for n, target in sides]
+        window = (slice(None), *(slice(max(a, 0), min(b, n)) for (a, b), (n, _) in zip(box, sides, strict=True)))
+        out_img, out_lbl = image[window], label[window]
+        pad = [(0, 0)] + [(max(0, -a), max(0, b - n)) for (a, b), (n, _) in zip(box, sides, strict=True)]
+        return np.pad(out_img, pad, constant_values=out_img.min()), np.pad(out_lbl, pad, constant_values=0)
     out_img, out_lbl = image, label
-    for axis, target in zip((1, 2), size, strict=True):
-        n = out_img.shape[axis]
+    for axis, (n, target) in zip((1, 2), sides, strict=True):
         if n < target:
             before = (target - n) // 2
             pad = [(0, 0)] * 3
@@ -112,6 +131,7 @@ class SliceDataset(TorchDataset):
         transform: the preprocessing applied once per volume.
         slice_interval: ``k``; the scan offers slices ``0, k, 2k, ...``.
         roi_size: crop size (the paper: 256 x 256).
+        crop_mode: ``"random"`` or ``"centre_if_small"`` (the paper's code), see `crop_or_pad`.
         samples_per_epoch: iterations x batch size.
         cache_dir: keep preprocessed volumes on disk across runs (``monai.data.PersistentDataset``).
     """
@@ -127,7 +147,11 @@ class SliceDataset(TorchDataset):
         image_key: str = "image",
         label_key: str = "label",
         cache_dir: str | None = None,
+        crop_mode: str = "random",
     ):
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"SliceDataset: crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
+        self.crop_mode = crop_mode
         if not data:
             raise ValueError("SliceDataset: the training datalist is empty")
         if slice_interval < 1:
@@ -162,7 +186,8 @@ class SliceDataset(TorchDataset):
         rng = np.random.default_rng((self.seed, self.epoch, int(index)))
         scan = int(rng.integers(len(self.images)))
         pick = int(rng.integers(len(self.images[scan])))
-        image, label = crop_or_pad(self.images[scan][pick], self.labels[scan][pick], self.roi_size, rng)
+        image, label = crop_or_pad(self.images[scan][pick], self.labels[scan][pick], self.roi_size, rng,
+                                   self.crop_mode)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32)),

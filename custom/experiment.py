@@ -86,8 +86,9 @@ SMALL_BUDGET = 45  # "scarce target data": the budgets up to 45 slices, where th
 # what each kind of cell reports as its effective configuration (after the bundle resolved its defaults)
 KNOBS = {
     "train": ("max_epochs", "lr_decay_epoch", "iterations_per_epoch", "batch_size", "learning_rate", "spacing",
-              "roi_size", "slice_interval", "val_interval", "strategy", "freeze_bn_stats", "seed", "precision"),
-    "eval": ("spacing", "precision", "key_metric#surface_dice#tolerance"),
+              "roi_size", "slice_interval", "val_interval", "strategy", "freeze_bn_stats", "seed", "precision",
+              "orientation", "mask_interpolation", "crop_mode"),
+    "eval": ("spacing", "precision", "orientation", "mask_interpolation", "key_metric#surface_dice#tolerance"),
 }
 
 
@@ -128,14 +129,26 @@ class Profile:
     source_models: dict = field(default_factory=dict)
     workers: int = 1  # default --workers (capped at the number of CPU cores)
     precision: str = "fp32"  # the bundles' --precision in every cell (the paper: fp32)
+    # None keeps the bundle default (RAS, linear, random); the paper's code: "none", "cubic", "centre_if_small"
+    orientation: str | None = None  # the bundles' --orientation (none = slice the stored array)
+    mask_interpolation: str | None = None  # --mask_interpolation: linear | cubic
+    crop_mode: str | None = None  # --crop_mode: random | centre_if_small
 
 
 PAPER = Profile(
     name="paper",
-    description="PROTOCOL.md exactly: the bundles' defaults (spacing 1 x 0.95 x 0.95 mm, 256 x 256 crops; "
-    "baseline 100 epochs x 100 iterations, batch 32, lr 1e-3 x0.1 at epoch 80, 4 validation scans; fine-tuning "
-    "'dart20': 20 epochs x 100 iterations, batch 32, lr x0.1 at 15), 6 sources x 5 targets x 3 strategies x 9 "
-    "budgets",
+    description="the authors' protocol (docs/PROTOCOL.md): their scans (scikit-learn splits over their meta.csv "
+    "order, seed 0xBadCafe; 4 validation scans per source, 2 per oracle fold), the stored array orientation, "
+    "spacing 1 x 0.95 x 0.95 mm with the cubic spline for image and mask, 256 x 256 crops centred on a smaller "
+    "slice, fp32; baseline 100 epochs x 100 iterations, batch 32, lr 1e-3 x0.1 after epoch 81; fine-tuning "
+    "'dart20': 20 epochs x 100 iterations, batch 32, lr x0.1 after epoch 16; 6 sources x 5 targets x 3 strategies "
+    "x 9 budgets",
+    baseline={"lr_decay_epoch": 81},
+    finetune={"lr_decay_epoch": 16},
+    precision="fp32",
+    orientation="none",
+    mask_interpolation="cubic",
+    crop_mode="centre_if_small",
 )
 
 # The demo's source model, trained by the source bundle's train.yaml with DEMO.baseline on other subjects
@@ -163,23 +176,46 @@ DEMO = Profile(
     precision="auto",
 )
 
-# the paper's values of the knobs a profile may override (PROTOCOL.md; the bundles' defaults)
+# the authors' values of the knobs a profile may override (docs/PROTOCOL.md). lr_decay_epoch counts the epochs
+# run at the initial rate (the bundles' MultiStepLR milestone, stepped once per finished epoch): the authors' dpipe
+# Schedule({80: 0.1}) multiplies at the end of the 0-based epoch 80, i.e. after 81 epochs (fine-tuning 15: 16).
 PAPER_VALUES = {
     "spacing": (1.0, 0.95, 0.95),
     "roi_size": (256, 256),
-    "baseline": {"max_epochs": 100, "lr_decay_epoch": 80, "iterations_per_epoch": 100, "batch_size": 32,
+    "baseline": {"max_epochs": 100, "lr_decay_epoch": 81, "iterations_per_epoch": 100, "batch_size": 32,
                  "learning_rate": 0.001},
-    "finetune": {"max_epochs": 20, "lr_decay_epoch": 15, "iterations_per_epoch": 100, "batch_size": 32,
+    "finetune": {"max_epochs": 20, "lr_decay_epoch": 16, "iterations_per_epoch": 100, "batch_size": 32,
                  "learning_rate": 0.001},
     "n_val": 4,
+    "precision": "fp32",
+    "orientation": "none",
+    "mask_interpolation": "cubic",
+    "crop_mode": "centre_if_small",
 }
+# what a profile's None means: the bundles' defaults (bundles/*/configs/train.yaml, inference.yaml, evaluate.yaml)
+BUNDLE_DEFAULTS = {"orientation": "RAS", "mask_interpolation": "linear", "crop_mode": "random"}
+
+# What stays different from the authors' code even in the paper profile, and why (summary.md and manifest.json).
+REMAINING_DIFFERENCES = (
+    "random streams: which scan, slice and crop each batch takes and the initial weights come from this project's "
+    "seeded generators (reproducible and resumable), not from the authors' global NumPy/PyTorch state, so single "
+    "runs differ from theirs by training noise",
+    "resampling: MONAI's Spacing (cubic spline, output grid from the spacing ratio) instead of scipy.ndimage.zoom "
+    "with the same scale factors: the output grid can differ by one voxel per axis and by a sub-voxel shift "
+    "(MONAI's transforms are what the bundles invert at inference)",
+    "the authors cache preprocessed images as float16 (about 3 significant digits) before training; the bundles "
+    "keep float32",
+    "the learning-rate step follows the dpipe of 2020 (its Schedule multiplies when epoch 80, 0-based, ends); "
+    "later dpipe releases (0.5.0) multiply when that epoch starts, i.e. after 80 epochs: `--profile paper` uses "
+    "81 and 16 epochs at the initial rate",
+)
 
 
 def _schedule_text(values: dict) -> str:
     v = {**PAPER_VALUES["baseline"], **values}
     epochs, its = v["max_epochs"], v["iterations_per_epoch"]
     return (f"{epochs} epoch{'s' * (epochs != 1)} x {its} iteration{'s' * (its != 1)}, batch {v['batch_size']}, "
-            f"lr {v['learning_rate']:g} x0.1 at epoch {v['lr_decay_epoch']}")
+            f"lr {v['learning_rate']:g} x0.1 after epoch {v['lr_decay_epoch']}")
 
 
 def _lr_steps(values: dict) -> float:
@@ -190,7 +226,7 @@ def _lr_steps(values: dict) -> float:
 
 
 def shortened(profile: Profile) -> list[str]:
-    """What ``profile`` changes with respect to PROTOCOL.md, one line each, derived from its settings."""
+    """What ``profile`` changes with respect to docs/PROTOCOL.md, one line each, derived from its settings."""
     lines = []
     if profile.demo_subjects:
         lines.append(f"data: the simulated six-scanner demo data, {profile.demo_subjects} subjects per domain at about "
@@ -228,6 +264,16 @@ def shortened(profile: Profile) -> list[str]:
     if profile.precision != "fp32":
         lines.append(f"precision {profile.precision} (bf16 autocast where the hardware runs it natively) instead of "
                      "the paper's fp32")
+    orientation, mask, crop = (effective(profile, k) for k in ("orientation", "mask_interpolation", "crop_mode"))
+    if orientation != PAPER_VALUES["orientation"]:
+        lines.append(f"volumes reoriented to {orientation} before slicing along the last axis instead of the stored "
+                     "array order (the authors slice the stored array; reorienting can change the slicing plane)")
+    if mask != PAPER_VALUES["mask_interpolation"]:
+        lines.append(f"masks resampled with {mask} interpolation (then thresholded at 0.5) instead of the image's "
+                     "cubic spline")
+    if crop != PAPER_VALUES["crop_mode"]:
+        lines.append(f"training crops placed '{crop}' (a random offset along a side longer than the crop even when "
+                     "the other side is shorter) instead of centred on both axes when a side is shorter than the crop")
     if profile.n_val != PAPER_VALUES["n_val"]:
         lines.append(f"{profile.n_val} held-out validation scan(s) per source instead of 4 (they only serve as the "
                      "in-domain reference on the baseline matrix's diagonal; the last epoch is kept either way)")
@@ -242,6 +288,12 @@ def shortened(profile: Profile) -> list[str]:
 PROFILES = {p.name: p for p in (PAPER, DEMO)}
 
 
+def effective(profile: Profile, key: str):
+    """The value of a protocol option a profile's cells run with: its own, or the bundles' default for None."""
+    value = getattr(profile, key)
+    return BUNDLE_DEFAULTS[key] if value is None else value
+
+
 def profile_overrides(profile: Profile, kind: str) -> dict:
     """The bundle overrides of a profile for ``baseline`` (also oracle), ``finetune`` or ``evaluate`` cells."""
     out = {}
@@ -250,6 +302,9 @@ def profile_overrides(profile: Profile, kind: str) -> dict:
     if kind != "evaluate" and profile.roi_size is not None:
         out["roi_size"] = list(profile.roi_size)
     out["precision"] = profile.precision
+    for key in ("orientation", "mask_interpolation") + (("crop_mode",) if kind != "evaluate" else ()):
+        if getattr(profile, key) is not None:
+            out[key] = getattr(profile, key)
     out.update(getattr(profile, kind))
     if kind != "evaluate":
         out["seed"] = profile.seed
@@ -1232,7 +1287,10 @@ def _tables(p: Plan, rows: list[dict]) -> dict:
 
     strategies = p.selection["strategies"]
     pairs = stats.pair_results(rows, strategies)
+    gap_tests = stats.gap_sign_tests(rows, pairs)
     return {
+        "gap_tests": gap_tests,
+        "gap_wins": stats.gap_win_counts(pairs, gap_tests, strategies),
         "matrix": stats.baseline_matrix(rows),
         "dice_matrix": stats.baseline_matrix(rows, metric="dice"),
         "means": stats.strategy_means(rows),
@@ -1300,7 +1358,7 @@ def _means_section(p: Plan, t: dict, offered: dict) -> list[str]:
         "",
         f"Mean over source -> target pairs (± standard deviation over pairs; {n_pairs} pair(s)) of each pair's mean "
         "over its target test scans. Baseline and oracle rows: the same test scans as the fine-tuned models. Column "
-        "headers: nominal budget of PROTOCOL.md (and the slices the annotated scans actually offered at its slice "
+        "headers: nominal budget of docs/PROTOCOL.md (and the slices the annotated scans actually offered at its slice "
         "interval, when different).",
         "",
         _table(["strategy", *labels], rows),
@@ -1312,20 +1370,27 @@ def _wins_section(p: Plan, t: dict, offered: dict) -> list[str]:
     strategies = p.selection["strategies"]
     if len(strategies) < 2:
         return ["## Wins", "", "Needs at least two strategies.", ""]
+    gap = p.with_oracle
     rows = []
     for n, c in t["wins"].items():
         sig = [" / ".join(str(c[f"{s}@p<{a:g}"]) for s in strategies) for a in (0.1, 0.05)]
-        rows.append([_budget_label(n, offered), c["pairs"], *(c[s] for s in strategies), c["ties"], *sig])
+        g = t["gap_wins"].get(n, {})
+        gap_sig = [" / ".join(str(g.get(f"{s}@p<{a:g}", 0)) for s in strategies) for a in (0.1, 0.05)]
+        rows.append([_budget_label(n, offered), c["pairs"], *(c[s] for s in strategies), c["ties"],
+                     *(gap_sig if gap else []), *sig])
     short = " / ".join(s for s in strategies)
+    gap_head = [f"gap closed p<0.1 ({short})", f"gap closed p<0.05 ({short})"] if gap else []
     lines = [
         "## Wins per budget",
         "",
         "Per (pair, budget) the strategy with the highest mean surface Dice wins (equal top means: a tie). "
         "Significance: exact two-sided sign test of the winner against the runner-up over the pair's test scans "
-        "(paired by scan; [D] used p < 0.1, [M] p < 0.05).",
+        "(paired by scan; [D] used p < 0.1, [M] p < 0.05), on the authors' quantity, the per-scan gap closed "
+        "(ft − base) / (oracle − base) (`gap closed` columns; needs `--oracle`), and on the raw per-scan surface "
+        "Dice (`sDice` columns). They differ only on scans where the oracle is below the baseline.",
         "",
-        _table(["slices", "pairs", *strategies, "ties", f"significant p<0.1 ({short})",
-                f"significant p<0.05 ({short})"], rows),
+        _table(["slices", "pairs", *strategies, "ties", *gap_head, f"sDice p<0.1 ({short})",
+                f"sDice p<0.05 ({short})"], rows),
         "",
     ]
     most = max((r.n_scans for r in t["pairs"]), default=0)
@@ -1335,16 +1400,18 @@ def _wins_section(p: Plan, t: dict, offered: dict) -> list[str]:
                   ""]
     if len(t["pairs"]) <= 60:
         prow = []
-        for r in t["pairs"]:
+        for r, gt in zip(t["pairs"], t["gap_tests"], strict=True):
             means = " / ".join(_fmt(r.means.get(s)) for s in strategies)
             prow.append([_budget_label(r.n_slices, offered), f"{SHORT[r.source]} -> {SHORT[r.target]}", means,
                          r.winner or "tie", r.runner_up or "–",
+                         *([_fmt_p(gt.p if gt else None)] if gap else []),
                          f"{r.test.n_plus}:{r.test.n_minus}:{r.test.n_ties}" if r.test else "–",
                          _fmt_p(r.test.p if r.test else None), r.n_scans])
         lines += [
-            "Per pair (sign test counts: scans where the winner is better : worse : equal):",
+            "Per pair (sign test counts on the surface Dice: scans where the winner is better : worse : equal):",
             "",
-            _table(["slices", "pair", f"mean sDice ({short})", "winner", "runner-up", "+:-:=", "p", "scans"], prow),
+            _table(["slices", "pair", f"mean sDice ({short})", "winner", "runner-up",
+                    *(["p (gap closed)"] if gap else []), "+:-:=", "p (sDice)", "scans"], prow),
             "",
         ]
     else:
@@ -1431,8 +1498,10 @@ def _header(p: Plan, outcome: Outcome | None, cell_seconds: float) -> list[str]:
     ]
     changes = shortened(prof)
     if changes:
-        lines += ["What this profile changes with respect to PROTOCOL.md:", ""]
+        lines += ["What this profile changes with respect to the authors' protocol (docs/PROTOCOL.md):", ""]
         lines += [f"- {s}" for s in changes] + [""]
+    lines += ["What stays different from the authors' code in every profile, and why:", ""]
+    lines += [f"- {s}" for s in REMAINING_DIFFERENCES] + [""]
     sel = p.selection
     lines += [
         f"- data: {sum(per_domain.values())} scans ("
@@ -1599,6 +1668,8 @@ def write_manifest(p: Plan, argv: Sequence[str] | None = None, outcome: Outcome 
         "scans": len(p.scans),
         "seeds": {"training": p.profile.seed, "splits": p.profile.split_seed},
         "bundle_overrides": {k: profile_overrides(p.profile, k) for k in ("baseline", "finetune", "evaluate")},
+        "differences_from_protocol": shortened(p.profile),
+        "differences_from_authors_code": list(REMAINING_DIFFERENCES),
         "versions": versions(),
         "platform": {"python": sys.version.split()[0], "system": platform.platform(), "machine": platform.machine(),
                      "cpus": os.cpu_count(), "host": socket.gethostname()},
@@ -1637,9 +1708,10 @@ def report(p: Plan, outcome: Outcome | None = None) -> str:
                  **{f"mean_{s}": _num(r.means.get(s)) for s in strategies}, "winner": r.winner or "tie",
                  "runner_up": r.runner_up or "", "n_plus": r.test.n_plus if r.test else "",
                  "n_minus": r.test.n_minus if r.test else "", "n_ties": r.test.n_ties if r.test else "",
-                 "p": f"{r.test.p:.6g}" if r.test else ""} for r in t["pairs"]]
+                 "p": f"{r.test.p:.6g}" if r.test else "", "p_gap_closed": f"{g.p:.6g}" if g else ""}
+                for r, g in zip(t["pairs"], t["gap_tests"], strict=True)]
     win_cols = ["source", "target", "n_slices", "n_scans", *(f"mean_{s}" for s in strategies), "winner",
-                "runner_up", "n_plus", "n_minus", "n_ties", "p"]
+                "runner_up", "n_plus", "n_minus", "n_ties", "p", "p_gap_closed"]
     _atomic_write(out / "wins.csv", _csv_text(win_rows, win_cols))
     gap_rows = [{**g, **{k: _num(g[k]) for k in ("base", "oracle", "ft", "gap")}} for g in t["gaps"]]
     _atomic_write(out / "gap_closed.csv", _csv_text(gap_rows, ["strategy", "source", "target", "n_slices", "base",

@@ -6,13 +6,16 @@ A row is a mapping with at least ``source, target, strategy, n_slices, id, surfa
 * ``strategy == "oracle"``: in-domain 3-fold cross-validation (``source == target``, ``n_slices`` empty);
 * ``strategy`` in ``first | last | full``: a model fine-tuned with ``n_slices`` (a slice budget) on the target.
 
-Definitions (PROTOCOL.md):
+Definitions (docs/PROTOCOL.md):
 
 * a pair's score for a run is the mean surface Dice over that run's test scans;
 * a strategy *wins* a (pair, budget) if its mean is the highest; if the two highest means are equal (within
   ``TIE_TOLERANCE``) the (pair, budget) is a *tie* and nobody wins it;
 * significance: an exact two-sided sign test of the winner against the runner-up over the pair's test scans
-  (paired by scan id; scans where both are equal are dropped);
+  (paired by scan id; scans where both are equal are dropped), on two quantities: the per-scan surface Dice, and,
+  as the authors' code, the per-scan gap closed ``(ft_i - base_i) / (oracle_i - base_i)`` (`gap_sign_tests`;
+  undefined, and dropped, on a scan without a baseline or oracle value or where ``oracle_i == base_i``). The two
+  differ on the scans where the oracle is below the baseline: a negative denominator flips the sign;
 * gap closed = ``(sDice_ft - sDice_base) / (sDice_oracle - sDice_base)``, all three means over the SAME test
   scans (the fine-tuned model's), undefined when the oracle does not beat the baseline there.
 
@@ -35,6 +38,9 @@ __all__ = [
     "baseline_matrix",
     "gap_closed",
     "gap_closed_summary",
+    "gap_sign_tests",
+    "gap_win_counts",
+    "per_scan_gap_closed",
     "pair_results",
     "sign_test",
     "strategy_means",
@@ -256,3 +262,58 @@ def gap_closed_summary(gaps: Iterable[Mapping]) -> dict[tuple[str, int], dict[st
         out[key] = {**_describe(values, mean=np.mean, median=np.median),
                     "undefined": int(np.isnan(np.asarray(values, dtype=float)).sum())}
     return out
+
+
+def per_scan_gap_closed(rows: Iterable[Mapping], metric: str = "surface_dice") -> dict[tuple, dict[str, float]]:
+    """``{(strategy, source, target, n_slices): {scan id: (ft_i - base_i) / (oracle_i - base_i)}}`` per fine-tuned
+    run: the authors' per-scan quantity. NaN on a scan without a baseline or oracle value or with
+    ``oracle_i == base_i``."""
+    scores = _scores(rows, metric)
+    out = {}
+    for (strategy, source, target, n_slices), per_scan in scores.items():
+        if strategy in REFERENCE:
+            continue
+        base = scores.get(("baseline", source, target, None), {})
+        oracle = scores.get(("oracle", target, target, None), {})
+        gaps = {}
+        for scan, ft in per_scan.items():
+            b, o = base.get(scan, math.nan), oracle.get(scan, math.nan)
+            defined = not (math.isnan(b) or math.isnan(o) or math.isnan(ft)) and o != b
+            gaps[scan] = (ft - b) / (o - b) if defined else math.nan
+        out[(strategy, source, target, n_slices)] = gaps
+    return out
+
+
+def gap_sign_tests(rows: Iterable[Mapping], results: Iterable[PairResult],
+                   metric: str = "surface_dice") -> list[SignTest | None]:
+    """For each of `results` (in order), the sign test of its winner against its runner-up (of the two strategies
+    of a tie) on the per-scan gap closed, as the authors' code; None when there is no runner-up or no scan where
+    both gaps are defined."""
+    rows = list(rows)
+    gaps = per_scan_gap_closed(rows, metric)
+    out: list[SignTest | None] = []
+    for r in results:
+        if r.runner_up is None:
+            out.append(None)
+            continue
+        ranked = sorted((m, s) for s, m in r.means.items() if not math.isnan(m))
+        first = r.winner or ranked[-1][1]
+        a = gaps.get((first, r.source, r.target, r.n_slices), {})
+        b = gaps.get((r.runner_up, r.source, r.target, r.n_slices), {})
+        common = [i for i in sorted(set(a) & set(b)) if not (math.isnan(a[i]) or math.isnan(b[i]))]
+        out.append(sign_test([a[i] for i in common], [b[i] for i in common]) if common else None)
+    return out
+
+
+def gap_win_counts(results: Sequence[PairResult], tests: Sequence[SignTest | None],
+                   strategies: Sequence[str] = FIXED_STRATEGIES,
+                   alphas: Sequence[float] = (0.1, 0.05)) -> dict[int, dict[str, int]]:
+    """Per budget: ``<strategy>@p<alpha`` wins significant by the sign test on the per-scan gap closed."""
+    counts: dict[int, dict[str, int]] = {}
+    for r, test in zip(results, tests, strict=True):
+        c = counts.setdefault(r.n_slices, {f"{s}@p<{a:g}": 0 for s in strategies for a in alphas})
+        if r.winner is None or test is None:
+            continue
+        for a in alphas:
+            c[f"{r.winner}@p<{a:g}"] += test.p < a
+    return dict(sorted(counts.items()))

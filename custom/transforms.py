@@ -1,7 +1,8 @@
 """The paper's preprocessing as MONAI dictionary transforms: the one definition every bundle uses.
 
-`preprocessing(...)` = load -> check -> orient -> resample to (1, 0.95, 0.95) mm (cubic for the image, linear then
-threshold 0.5 for the mask) -> clip to the volume's [1st, 99th] percentile and scale to [0, 1].
+`preprocessing(...)` = load -> check -> orient (RAS by default; ``orientation=None`` keeps the stored array order, as
+the paper) -> resample to (1, 0.95, 0.95) mm (cubic for the image; for the mask linear by default or cubic as the
+paper, then threshold at 0.5) -> clip to the volume's [1st, 99th] percentile and scale to [0, 1].
 """
 
 from __future__ import annotations
@@ -28,10 +29,31 @@ from monai.transforms import (
 
 __all__ = [
     "ApplyMaskd", "InputError", "LikeInputd", "LoadVolumed", "ValidateVolumed", "checks", "find_volumes", "mirror_root",
-    "preprocessing", "source_name",
+    "mask_mode", "orientation_codes", "preprocessing", "source_name",
 ]
 
 PAPER_SPACING = (1.0, 0.95, 0.95)
+MASK_INTERPOLATIONS = {"linear": "bilinear", "cubic": 3}  # option -> MONAI Spacing mode (3: cubic spline)
+STORED_ORIENTATION = ("", "none", "stored")  # orientation values (and None) that keep the stored array order
+
+
+def orientation_codes(orientation: str | None) -> str | None:
+    """Axis codes to reorient to (``"RAS"``), or None to keep the array order as stored (None, "", "none", "stored")."""
+    if orientation is None or str(orientation).strip().lower() in STORED_ORIENTATION:
+        return None
+    codes = str(orientation).strip().upper()
+    if len(codes) != 3 or sorted(codes.replace("L", "R").replace("P", "A").replace("I", "S")) != ["A", "R", "S"]:
+        raise ValueError(f"orientation must be three axis codes such as RAS or LPS, or none, got {orientation!r}")
+    return codes
+
+
+def mask_mode(mask_interpolation: str) -> str | int:
+    """The MONAI resampling mode of a mask interpolation option: linear (bilinear) or cubic (spline order 3)."""
+    key = str(mask_interpolation).strip().lower()
+    if key not in MASK_INTERPOLATIONS:
+        valid = ", ".join(MASK_INTERPOLATIONS)
+        raise ValueError(f"mask_interpolation must be one of {valid}, got {mask_interpolation!r}")
+    return MASK_INTERPOLATIONS[key]
 
 
 class InputError(ValueError):
@@ -239,6 +261,7 @@ def preprocessing(
     spacing: Sequence[float] = PAPER_SPACING,
     orientation: str | None = "RAS",
     percentiles: tuple[float, float] = (1.0, 99.0),
+    mask_interpolation: str = "linear",
     load: bool = True,
     keep_original: str | None = None,
     divisible_by: int = 8,
@@ -248,7 +271,10 @@ def preprocessing(
     Args:
         spacing: target voxel size in mm (the paper: 1 x 0.95 x 0.95).
         orientation: axis codes to reorient to first, so the 2D model always slices along the same anatomical
-            axis whatever the file's storage order; ``None`` keeps the array order as stored (as the paper did).
+            axis whatever the file's storage order; ``None`` (or ``"none"``) keeps the array order as stored, as
+            the paper's code did (it slices the stored array along its last axis).
+        mask_interpolation: how the mask is resampled before the 0.5 threshold: ``"linear"``, or ``"cubic"`` (the
+            same spline as the image, as the paper's code).
         load: start by reading files (``False`` when the dict already holds tensors).
         keep_original: also keep the loaded, checked image under this key (e.g. to skull-strip it later).
         divisible_by: centre-pad each slice (the first two axes) to a multiple of this, with 0 = the scaled image's
@@ -256,6 +282,7 @@ def preprocessing(
     """
     keys = list(keys)
     image_key, label_key = keys[0], (keys[1] if len(keys) > 1 else None)
+    orientation, label_mode = orientation_codes(orientation), mask_mode(mask_interpolation)
     steps = checks(keys, load)
     steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=True))
     if keep_original:
@@ -266,7 +293,7 @@ def preprocessing(
         steps.append(Orientationd(keys, axcodes=orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     steps.append(SafeSpacingd(image_key, pixdim=tuple(spacing), mode=3, padding_mode="nearest"))
     if label_key:
-        steps.append(SafeSpacingd(label_key, pixdim=tuple(spacing), mode="bilinear", padding_mode="zeros"))
+        steps.append(SafeSpacingd(label_key, pixdim=tuple(spacing), mode=label_mode, padding_mode="zeros"))
         steps.append(AsDiscreted(label_key, threshold=0.5))
     lower, upper = percentiles
     steps.append(

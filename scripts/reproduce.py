@@ -1,4 +1,4 @@
-"""Reproduce the paper's experiment (PROTOCOL.md) by driving the bundles over a grid of resumable cells.
+"""Reproduce the paper's experiment (docs/PROTOCOL.md) by driving the bundles over a grid of resumable cells.
 
 Usage::
 
@@ -17,17 +17,21 @@ cells and restarts unfinished ones (a training resumes from its last epoch check
 
 Profiles:
 
-* ``paper``: PROTOCOL.md exactly, i.e. the bundles' defaults in fp32: resampling to 1 x 0.95 x 0.95 mm, 256 x 256
-  crops, baseline 100 epochs x 100 iterations, batch 32, lr 1e-3 x0.1 at epoch 80, 4 validation scans; fine-tuning
-  'dart20' (20 epochs x 100 iterations, batch 32, lr x0.1 at 15); all 30 pairs x 3 strategies x 9 budgets.
+* ``paper``: the authors' protocol (docs/PROTOCOL.md, every item with its setting): their scans (scikit-learn
+  splits over their meta.csv order), the stored array orientation (``--orientation none``), resampling to
+  1 x 0.95 x 0.95 mm with the cubic spline for images and masks (``--mask_interpolation cubic``), 256 x 256 crops
+  centred on a smaller slice (``--crop_mode centre_if_small``), fp32, baseline 100 epochs x 100 iterations,
+  batch 32, lr 1e-3 x0.1 after epoch 81, 4 validation scans (oracle folds: 2); fine-tuning 'dart20' (20 epochs x
+  100 iterations, batch 32, lr x0.1 after epoch 16); all 30 pairs x 3 strategies x 9 budgets. What stays
+  different from the authors' code is listed at the top of ``summary.md`` and in ``manifest.json``.
 * ``demo``: the CPU demo (at most 10 minutes on 2 idle CPU cores, data generation included). It shortens
   EXACTLY this: the simulated six-scanner demo data (``scripts/make_demo_data.py``, 8 subjects per domain, seed 1,
   ~2 mm voxels, generated when ``--data_dir`` is missing or empty) instead of CC359; everything at twice the paper's
   voxel size: resampling to 2.0 x 1.9 x 1.9 mm, 128 x 128 crops (the whole slice, as the paper's 256 x 256 at
   0.95 mm), surface Dice at 2 mm (one voxel, as the paper's 1 mm); the siemens_15 source model is the shipped
   ``custom/resources/demo_source_siemens_15.pt`` (trained by the source bundle with 14 epochs x 100 iterations,
-  batch 16, lr 1e-2 x0.1 at epoch 11, on other simulated subjects; ``--train_source true`` trains it instead);
-  fine-tuning 6 epochs x 10 iterations, batch 16, lr 2.5e-2 x0.1 at epoch 5; precision auto (bf16 where
+  batch 16, lr 1e-2 x0.1 after epoch 11, on other simulated subjects; ``--train_source true`` trains it instead);
+  fine-tuning 6 epochs x 10 iterations, batch 16, lr 2.5e-2 x0.1 after epoch 5; precision auto (bf16 where
   native); grid siemens_15 -> ge_15, philips_15 with budgets 5, 24, 90 (each budget keeps the protocol's slice
   interval k, so a ~100-slice demo scan offers about 100/k slices: about 2, 8 and 33). No oracle unless
   ``--oracle``. Cells run in 2 processes of 1 torch thread each. ``summary.md`` lists the same in its header.

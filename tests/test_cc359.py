@@ -15,7 +15,7 @@ from custom.cc359 import DOMAINS, META_COLUMNS, DatasetError, Scan, index_datase
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (domain, spacing) per fold, as PROTOCOL.md (Philips 1.5 T has in-plane spacing down to 0.889).
+# (domain, spacing) per fold, as docs/PROTOCOL.md (Philips 1.5 T has in-plane spacing down to 0.889).
 SPACINGS = {
     "siemens_15": (1.0, 1.0, 1.0),
     "siemens_3": (1.33, 1.0, 1.0),

@@ -136,14 +136,14 @@ def test_profiles_document_what_they_shorten():
     assert E.shortened(E.PAPER) == []
     demo = "\n".join(E.shortened(E.DEMO))
     doc = " ".join(SCRIPT.read_text().split())
-    for text in ("2.0 x 1.9 x 1.9", "128 x 128", "14 epochs x 100 iterations, batch 16, lr 0.01 x0.1 at epoch 11",
-                 "6 epochs x 10 iterations, batch 16, lr 0.025 x0.1 at epoch 5", "8 subjects", "seed 1",
+    for text in ("2.0 x 1.9 x 1.9", "128 x 128", "14 epochs x 100 iterations, batch 16, lr 0.01 x0.1 after epoch 11",
+                 "6 epochs x 10 iterations, batch 16, lr 0.025 x0.1 after epoch 5", "8 subjects", "seed 1",
                  "demo_source_siemens_15.pt", "--train_source true", "tolerance 2 mm", "1.05 in-plane voxels",
                  "siemens_15 -> targets ge_15, philips_15", "budgets 5, 24, 90", "precision auto"):
         assert text in demo, text
     assert "held-out validation scan" not in demo  # 4, as the protocol
-    for text in ("2.0 x 1.9 x 1.9", "128 x 128", "14 epochs x 100 iterations, batch 16, lr 1e-2 x0.1 at epoch 11",
-                 "6 epochs x 10 iterations, batch 16, lr 2.5e-2 x0.1 at epoch 5", "8 subjects per domain, seed 1",
+    for text in ("2.0 x 1.9 x 1.9", "128 x 128", "14 epochs x 100 iterations, batch 16, lr 1e-2 x0.1 after epoch 11",
+                 "6 epochs x 10 iterations, batch 16, lr 2.5e-2 x0.1 after epoch 5", "8 subjects per domain, seed 1",
                  "demo_source_siemens_15.pt", "--train_source true", "surface Dice at 2 mm",
                  "siemens_15 -> ge_15, philips_15", "5, 24, 90"):
         assert text in doc, text

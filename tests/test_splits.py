@@ -69,7 +69,7 @@ def domain_ids(scans, domain) -> set[str]:
 
 # --- budgets and slices -------------------------------------------------------------------------------------
 
-# PROTOCOL.md, "Slice budgets": setup, scans, k, slices.
+# docs/PROTOCOL.md, "Slice budgets": setup, scans, k, slices.
 PROTOCOL_BUDGETS = [
     ("1/48", 1, 48, 5),
     ("1/36", 1, 36, 8),
@@ -422,3 +422,30 @@ def test_splits_pick_the_authors_scans(tmp_path):
             dl = oracle(scans, domain, fold)
             assert set(ids(dl["test"])) == {domain_order[i] for i in test}
             assert set(ids(dl["validation"])) == {domain_order[i] for i in train_val[val]}
+
+
+def test_crop_modes():
+    """random: a random window along a long side; centre_if_small (the authors' dpipe crop): centred on both axes
+    when a side is shorter than the crop, start n // 2 - size // 2, padded with the window's minimum."""
+    import numpy as np
+
+    from custom.data import crop_or_pad
+
+    image = np.arange(1 * 217 * 300, dtype=np.float32).reshape(1, 217, 300) + 5
+    label = np.ones_like(image, dtype=np.uint8)
+    starts = set()
+    for seed in range(5):
+        img, lbl = crop_or_pad(image, label, (256, 256), np.random.default_rng(seed), "centre_if_small")
+        assert img.shape == lbl.shape == (1, 256, 256)
+        rows = np.flatnonzero(lbl[0].any(1))
+        assert (rows[0], rows[-1]) == (20, 236)  # 217 // 2 - 128 = -20: 20 rows of padding before
+        assert img[0, 20, 0] == image[0, 0, 150 - 128] and img[0, 0, 0] == image[0, 0, 22]
+        img, _ = crop_or_pad(image, label, (256, 256), np.random.default_rng(seed), "random")
+        starts.add(float(img[0, 19, 0]))
+    assert len(starts) > 1  # the random mode moves the window along the long side
+    big = np.random.default_rng(0).random((1, 300, 280)).astype(np.float32)
+    a, _ = crop_or_pad(big, big > 0.5, (256, 256), np.random.default_rng(3), "centre_if_small")
+    b, _ = crop_or_pad(big, big > 0.5, (256, 256), np.random.default_rng(3), "random")
+    assert np.array_equal(a, b)  # both sides long enough: the same random window
+    with pytest.raises(ValueError, match="crop mode"):
+        crop_or_pad(image, label, (256, 256), np.random.default_rng(0), "middle")

@@ -206,3 +206,30 @@ def test_empty_metric_values_are_nan_and_skipped():
     (r,) = pair_results(rows)
     assert r.means["first"] == pytest.approx(0.6)
     assert (r.test.n_plus, r.test.n_minus) == (1, 0)
+
+
+def test_sign_test_on_the_per_scan_gap_closed():
+    """The authors' quantity: (ft_i - base_i) / (oracle_i - base_i); a scan with the oracle below the baseline
+    flips the sign of the comparison, one with oracle == baseline is dropped."""
+    from custom import stats
+
+    base = {"a": 0.2, "b": 0.2, "c": 0.6, "d": 0.5}
+    oracle = {"a": 0.8, "b": 0.9, "c": 0.4, "d": 0.5}
+    first = {"a": 0.7, "b": 0.8, "c": 0.50, "d": 0.6}
+    last = {"a": 0.6, "b": 0.7, "c": 0.45, "d": 0.7}
+    rows = [{"strategy": s, "source": "siemens_15", "target": "ge_3", "n_slices": n, "id": i, "surface_dice": v}
+            for s, n, values in (("baseline", "", base), ("first", 5, first), ("last", 5, last))
+            for i, v in values.items()]
+    rows += [{"strategy": "oracle", "source": "ge_3", "target": "ge_3", "n_slices": "", "id": i, "surface_dice": v}
+             for i, v in oracle.items()]
+    gaps = stats.per_scan_gap_closed(rows)[("first", "siemens_15", "ge_3", 5)]
+    assert gaps["a"] == pytest.approx(0.5 / 0.6) and gaps["c"] == pytest.approx(-0.1 / -0.2)
+    assert math.isnan(gaps["d"])
+    results = stats.pair_results(rows, ("first", "last"))
+    (r,) = results
+    assert (r.winner, r.runner_up) == ("first", "last")
+    assert (r.test.n_plus, r.test.n_minus) == (3, 1)  # raw sDice: a, b, c better; d worse
+    (g,) = stats.gap_sign_tests(rows, results)
+    assert (g.n_plus, g.n_minus, g.n_ties) == (2, 1, 0)  # c flips (oracle below baseline), d dropped
+    counts = stats.gap_win_counts(results, [g], ("first", "last"))
+    assert counts[5]["first@p<0.1"] == 0
