@@ -1,0 +1,58 @@
+"""Device options of the bundles: ``--compile true`` (torch.compile) on CPU, with plain weight names."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import pytest
+import torch
+
+from tests.bundle_utils import SOURCE, copy_bundle, run_workflow
+from tests.corpus import SPACING, good_pair
+
+
+@pytest.mark.slow
+def test_compile_option_trains_and_infers_with_plain_weight_names(tmp_path):
+    """--compile true: the engines run torch.compile'd networks; model.pt and checkpoints keep plain names."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    bundle = copy_bundle(SOURCE, tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    pairs = [good_pair(data, name) for name in ("a", "b")]
+    datalist = tmp_path / "datalist.json"
+    entry = lambda p: {"image": str(p[0]), "label": str(p[1])}  # noqa: E731
+    datalist.write_text(json.dumps({"training": [entry(pairs[0])], "validation": [entry(pairs[1])]}))
+    model = tmp_path / "model.pt"
+    train = run_workflow([bundle / "configs/train.yaml"], bundle, "train", datalist_file=str(datalist),
+                         output_dir=str(tmp_path / "run"), final_model=str(model), compile=True, max_epochs=1,
+                         val_interval=1, iterations_per_epoch=1, batch_size=2, roi_size=[32, 32],
+                         spacing=list(SPACING), precision="fp32", num_threads=1)
+    trainer = train.parser.get_parsed_content("train#trainer")
+    evaluator = train.parser.get_parsed_content("validate#evaluator")
+    assert isinstance(trainer.network, OptimizedModule) and isinstance(evaluator.network, OptimizedModule)
+    assert 0.0 <= evaluator.state.metrics["val_surface_dice"] <= 1.0  # validation ran through the compiled network
+    plain = set(train.parser.get_parsed_content("network_def").state_dict())
+    assert set(torch.load(model, weights_only=True)) == plain
+    checkpoint = torch.load(next((tmp_path / "run/checkpoints").glob("checkpoint_epoch=*.pt")), weights_only=True)
+    assert set(checkpoint["model"]) == plain
+
+    out = tmp_path / "masks"
+    infer = run_workflow([bundle / "configs/inference.yaml"], bundle, "infer", dataset_dir=str(pairs[0][0]),
+                         output_dir=str(out), model_path=str(model), compile="true", spacing=list(SPACING),
+                         precision="fp32", num_threads=1)
+    assert isinstance(infer.parser.get_parsed_content("evaluator").network, OptimizedModule)
+    mask = nib.load(out / "a_image_brainmask.nii.gz")
+    assert mask.shape == nib.load(pairs[0][0]).shape
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "inference.yaml"])
+def test_compile_is_off_by_default(config):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(SOURCE / "configs" / config))
+    assert parser["compile"] is False
+    engines = ["train#trainer", "validate#evaluator"] if config == "train.yaml" else ["evaluator"]
+    assert all(parser[f"{e}#compile"] == "$custom.options.flag(@compile)" for e in engines)
