@@ -1,4 +1,4 @@
-"""Device options of the bundles: ``--compile true`` (torch.compile) on CPU, with plain weight names."""
+"""Devices: ``--compile true`` (torch.compile) on CPU with plain weight names, and data-parallel validation shares."""
 
 from __future__ import annotations
 
@@ -56,3 +56,29 @@ def test_compile_is_off_by_default(config):
     assert parser["compile"] is False
     engines = ["train#trainer", "validate#evaluator"] if config == "train.yaml" else ["evaluator"]
     assert all(parser[f"{e}#compile"] == "$custom.options.flag(@compile)" for e in engines)
+
+
+# ---- data-parallel validation --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_scans, shares", [(3, [[0, 2], [1]]), (4, [[0, 2], [1, 3]]), (1, None)])
+def test_validation_sampler_shares_the_scans_without_repeats(n_scans, shares):
+    """Two processes: scans r, r + 2, ... each, nothing repeated; fewer scans than processes: all on each."""
+    from custom.data import validation_sampler
+
+    dataset = list(range(n_scans))
+    samplers = [validation_sampler(dataset, num_replicas=2, rank=r) for r in (0, 1)]
+    if shares is None:
+        assert samplers == [None, None]
+    else:
+        assert [list(s) for s in samplers] == shares
+    assert validation_sampler(dataset) is None  # no process group: one process validates everything
+
+
+def test_multi_gpu_train_shares_validation_between_processes():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(SOURCE / "configs" / f) for f in ("train.yaml", "multi_gpu_train.yaml")])
+    assert parser["validate#dataloader#sampler"] == "@validate#sampler"
+    assert parser["validate#sampler"] == "$custom.data.validation_sampler(@validate#dataset)"
+
