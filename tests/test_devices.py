@@ -1,8 +1,11 @@
-"""Devices: ``--compile true`` (torch.compile) on CPU with plain weight names, and data-parallel validation shares."""
+"""Devices: ``--compile true`` (torch.compile) on CPU with plain weight names, data-parallel validation shares, and
+the GPU-only paths (cupy, cuCIM) that fall back to the CPU without the ``gpu`` extra."""
 
 from __future__ import annotations
 
 import json
+import sys
+from types import SimpleNamespace
 
 import nibabel as nib
 import pytest
@@ -82,3 +85,48 @@ def test_multi_gpu_train_shares_validation_between_processes():
     assert parser["validate#dataloader#sampler"] == "@validate#sampler"
     assert parser["validate#sampler"] == "$custom.data.validation_sampler(@validate#dataset)"
 
+
+# ---- without the gpu extra (cupy, cuCIM) ---------------------------------------------------------------------
+
+GPU_EXTRA_MODULES = ("cupy", "cucim", "cucim.core", "cucim.core.operations", "cucim.core.operations.morphology")
+
+
+def _masks():
+    target = torch.zeros(20, 24, 16, dtype=torch.bool)
+    target[4:15, 5:19, 3:12] = True
+    pred = torch.roll(target, shifts=(1, -2, 1), dims=(0, 1, 2))
+    pred[10:13, 8:10, 5:7] = False
+    return pred, target
+
+
+def test_cuda_masks_without_cucim_take_the_cpu_distance_transform(monkeypatch):
+    """With cupy and cuCIM missing (simulated), surface Dice of CUDA masks runs the CPU path; with them, the GPU."""
+    from custom import metrics
+
+    cuda_masks = SimpleNamespace(device=torch.device("cuda"))
+    for name in GPU_EXTRA_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)  # `import cupy` now raises ImportError
+    assert metrics._has_cucim() is False
+    assert metrics._gpu_distance_transform(cuda_masks) is False
+    monkeypatch.setattr(metrics, "_has_cucim", lambda: True)
+    assert metrics._gpu_distance_transform(cuda_masks) is True
+    assert metrics._gpu_distance_transform(torch.zeros(2, dtype=torch.bool)) is False  # CPU masks: always the CPU
+
+
+def test_gpu_distance_transform_branch_gives_the_cpu_value(monkeypatch):
+    """The GPU branch forced on CPU masks (MONAI's transform, scipy underneath) gives the CPU branch's value."""
+    from custom import metrics
+
+    pred, target = _masks()
+    spacing = (1.2, 0.9, 2.0)
+    cpu = metrics.surface_dice(pred, target, spacing, tolerance=1.0)
+    calls = []
+
+    def forced(features):
+        calls.append(features.shape)
+        return True
+
+    monkeypatch.setattr(metrics, "_gpu_distance_transform", forced)
+    gpu_branch = metrics.surface_dice(pred, target, spacing, tolerance=1.0)
+    assert len(calls) == 2  # both directions took the branch
+    assert 0.0 < cpu < 1.0 and gpu_branch == pytest.approx(cpu, abs=1e-9)
