@@ -590,9 +590,10 @@ def bench_surface_dice(s: Settings) -> dict:
 
 
 def _has_cucim() -> bool:
-    from monai.utils import optional_import
+    """Whether surface Dice of CUDA masks runs its distance transform on the GPU (cupy and cuCIM installed)."""
+    from custom.metrics import _has_cucim as has_cucim
 
-    return bool(optional_import("cucim.core.operations.morphology", name="distance_transform_edt")[1])
+    return has_cucim()
 
 
 # ---------------------------------------------------------------------------------------------------------------
