@@ -130,3 +130,32 @@ def test_gpu_distance_transform_branch_gives_the_cpu_value(monkeypatch):
     gpu_branch = metrics.surface_dice(pred, target, spacing, tolerance=1.0)
     assert len(calls) == 2  # both directions took the branch
     assert 0.0 < cpu < 1.0 and gpu_branch == pytest.approx(cpu, abs=1e-9)
+
+
+@pytest.mark.parametrize("configs, key", [
+    (["inference.yaml"], "postprocessing"),
+    (["inference.yaml", "evaluate.yaml"], "postprocessing"),
+    (["train.yaml"], "validate#postprocessing"),
+    (["train.yaml"], "postprocessing"),
+])
+def test_every_inversion_runs_on_the_cpu(configs, key):
+    """A cubic-spline inversion of a CUDA tensor would need cupy: in every postprocessing of every bundle, each
+    Invertd comes right after a ToDeviced of the same key to the CPU."""
+    from monai.bundle import ConfigParser
+
+    from tests.bundle_utils import ALL_BUNDLES
+
+    for bundle in ALL_BUNDLES:
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "configs" / c) for c in configs])
+        chain = parser[key]
+        while isinstance(chain, str) and chain.startswith("@"):  # validate#postprocessing: "@postprocessing"
+            chain = parser[chain[1:]]
+        steps = chain["transforms"]
+        for i, step in enumerate(steps):
+            if step["_target_"] == "Invertd":
+                before = steps[i - 1]
+                assert i > 0 and before["_target_"] == "ToDeviced" and before["device"] == "cpu", bundle.name
+                assert before["keys"] == step["keys"], bundle.name
+        assert key != "postprocessing" or configs != ["inference.yaml"] or \
+            any(s["_target_"] == "Invertd" for s in steps)  # inference does invert (the check above is not vacuous)
