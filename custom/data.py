@@ -16,7 +16,10 @@ from custom.cc359 import index_dataset
 from custom.splits import candidate_slices, one2all, one2one
 from custom.transforms import InputError
 
-__all__ = ["CROP_MODES", "SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist", "one2one_datalist"]
+__all__ = [
+    "CROP_MODES", "SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist", "one2one_datalist",
+    "validation_sampler",
+]
 
 DATALIST_KEYS = ("training", "validation", "test")
 
@@ -192,3 +195,28 @@ class SliceDataset(TorchDataset):
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32)),
         }
+
+
+def validation_sampler(dataset, num_replicas: int | None = None, rank: int | None = None):
+    """This process's share of the validation scans in data-parallel training (``None``: all of them).
+
+    Process ``r`` of ``N`` validates scans ``r, r + N, ...`` (MONAI's ``DistributedSampler`` with uneven shares,
+    nothing repeated), so the per-scan metrics gathered from all processes are exactly one process's. With fewer
+    scans than processes, or outside a process group, every process validates every scan: a process with no scan
+    would never join the gather, and N copies of each value leave the mean unchanged.
+    """
+    from monai.data import DistributedSampler
+
+    dist = torch.distributed
+    if num_replicas is None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        num_replicas = dist.get_world_size()
+    if rank is None:
+        rank = dist.get_rank()
+    if num_replicas < 2 or len(dataset) < num_replicas:
+        return None
+    sampler = DistributedSampler(dataset, even_divisible=False, num_replicas=num_replicas, rank=rank, shuffle=False)
+    logger.info("validation: process %d of %d validates %d of the %d scans", rank, num_replicas, len(sampler),
+                len(dataset))
+    return sampler

@@ -11,8 +11,9 @@ empty nor full; each such corner carries the contour length (surface area) that 
 assigns to its neighbourhood code, taken from the package's lookup-table builders. A surface element of one
 mask counts as overlapping when its Euclidean distance (in mm) to the nearest surface corner of the other
 mask is at most ``tolerance``. The neighbourhood encoding and table lookup run in torch, on the device of
-the inputs; the distance transform runs in scipy on CPU and through
-``monai.transforms.utils.distance_transform_edt`` (cuCIM when installed) on CUDA.
+the inputs; the distance transform runs in scipy on CPU, and on CUDA through cuCIM's
+(``monai.transforms.utils.distance_transform_edt``) when cupy and cuCIM are installed (``pip install -e ".[gpu]"``);
+without them CUDA masks take the CPU path (copied to the CPU, the distances moved back to their device).
 
 In a bundle, ``SurfaceDice`` is the evaluation handler (like ``monai.handlers.MeanDice``)::
 
@@ -173,10 +174,25 @@ def _neighbour_codes(mask: torch.Tensor) -> torch.Tensor:
     return codes
 
 
+def _has_cucim() -> bool:
+    """cupy and cuCIM's distance transform import (the ``gpu`` extra); nothing else installs them."""
+    from monai.utils import optional_import
+
+    has_cupy = optional_import("cupy")[1]
+    return bool(has_cupy and optional_import("cucim.core.operations.morphology", name="distance_transform_edt")[1])
+
+
+def _gpu_distance_transform(features: torch.Tensor) -> bool:
+    """Whether the distance transform of ``features`` runs on its GPU: a CUDA tensor and cuCIM installed."""
+    return features.device.type == "cuda" and _has_cucim()
+
+
 def _distances_to(features: torch.Tensor, query: torch.Tensor, spacing: tuple[float, ...]) -> torch.Tensor:
     """Euclidean distance (mm) from each ``True`` element of ``query`` (row-major order) to the nearest
     ``True`` element of ``features``, which must not be empty; float64 on the device of the inputs."""
-    if features.device.type == "cpu":
+    if not _gpu_distance_transform(features):
+        device = query.device
+        features, query = features.cpu(), query.cpu()
         # Feature transform only, then distances at the query points alone; the arithmetic is scipy's own
         # (integer offset -> float64, times spacing, squared, summed in axis order, square root).
         nearest = ndimage.distance_transform_edt(
@@ -188,7 +204,7 @@ def _distances_to(features: torch.Tensor, query: torch.Tensor, spacing: tuple[fl
             delta = (nearest[axis][points] - points[axis]).astype(np.float64) * np.float64(s)
             delta *= delta
             squared = delta if squared is None else squared + delta
-        return torch.from_numpy(np.sqrt(squared))
+        return torch.from_numpy(np.sqrt(squared)).to(device)
     dist = distance_transform_edt((~features)[None], sampling=list(spacing), float64_distances=True)
     return torch.as_tensor(dist, device=query.device)[0][query]
 

@@ -18,8 +18,10 @@ Sections (one table, JSON with the same numbers plus device, versions, date and 
   the two alternate (bundle, bare, bundle, bare, ...) inside one training run, so both see the same machine load;
   the ratio is the median of the per-pair ratios (goal >= 0.9).
 * inference: seconds per preprocessed 1 mm head volume (176 x 256 x 256) with the bundle's ``SliceBatchInferer``
-  (from ``inference.yaml``): CPU fp32 with contiguous vs channels_last slices, and on CUDA fp32 vs bf16 autocast +
-  channels_last.
+  (from ``inference.yaml``): CPU fp32 with contiguous vs channels_last slices, and the bundle's own inference path
+  (``inference.yaml``'s network and ``AutocastInferer`` at ``--precision auto``: bf16 autocast on CPUs with AMX or
+  AVX512-BF16, fp32 elsewhere) against fp32 channels_last, the three alternating in one run; on CUDA fp32 vs bf16
+  autocast + channels_last.
 * surface Dice: ``custom.metrics.surface_dice`` against DeepMind's ``surface_distance`` on a brain-like mask and a
   perturbed copy (176 x 256 x 256, 1 mm and anisotropic voxels), values checked equal (|diff| < 1e-6); on CUDA
   also the CUDA-tensor path (goal >= 100x faster than DeepMind on CPU; needs cuCIM for a GPU distance transform).
@@ -456,19 +458,36 @@ def _bare_compiled(raw: dict, s: Settings, bare: BareStep) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _bundle_inference(precision: str, device: torch.device) -> tuple[torch.nn.Module, Callable, str]:
+    """The source bundle's own inference network and inferer (``inference.yaml``) at ``--precision precision``:
+    shipped weights, channels_last, ``AutocastInferer`` around the ``SliceBatchInferer``; and the precision it ran."""
+    from monai.bundle import ConfigParser
+
+    from custom.precision import name
+
+    parser = ConfigParser()
+    parser.read_config(str(SOURCE_BUNDLE / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(SOURCE_BUNDLE), "device": f"$torch.device('{device}')", "precision": precision})
+    parser.parse(reset=True)
+    parser.get_parsed_content("imports")
+    network = parser.get_parsed_content("network").eval()
+    return network, parser.get_parsed_content("inferer"), name(parser.get_parsed_content("compute_dtype"))
+
+
 def bench_inference(s: Settings) -> dict:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(SOURCE_BUNDLE / "configs" / "inference.yaml"))
-    net_cfg, inferer_cfg = parser.get("network_def"), parser.get("inferer")
+    net_cfg = parser.get("network_def")
+    slice_cfg = parser.get("inferer#inferer")  # the SliceBatchInferer inside the bundle's AutocastInferer
     image, _ = head_phantom(s.volume_shape, (1.0, 1.0, 1.0), seed=s.seed)
     volume = torch.from_numpy(image)[None, None]  # (B, C, H, W, D), slices along the last axis
 
     def runner(device: torch.device, channels_last: bool, amp: bool) -> Callable[[], object]:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         net = _instantiate(net_cfg).to(device, memory_format=fmt).eval()
-        inferer = _instantiate({**inferer_cfg, "channels_last": channels_last})
+        inferer = _instantiate({**slice_cfg, "channels_last": channels_last})
         x = volume.to(device)
 
         def infer():
@@ -477,18 +496,33 @@ def bench_inference(s: Settings) -> dict:
 
         return infer
 
+    def bundle_runner(device: torch.device, precision: str) -> tuple[Callable[[], object], str]:
+        net, inferer, ran = _bundle_inference(precision, device)
+        x = volume.to(device)
+
+        def infer():
+            with torch.no_grad():  # as SupervisedEvaluator runs it
+                return inferer(x, net)
+
+        return infer, ran
+
     # the bundle's `initialize` (set_determinism) sets the cuDNN flags the bundle infers with
     flags = {"deterministic": True, "benchmark": False}
     shape = "x".join(map(str, s.volume_shape))
-    out: dict = {"volume_shape": list(s.volume_shape), "slice_batch_size": int(inferer_cfg["batch_size"]),
+    out: dict = {"volume_shape": list(s.volume_shape), "slice_batch_size": int(slice_cfg["batch_size"]),
                  "cudnn": flags}
     _log(f"inference: {s.repeats} x one {shape} volume per variant on cpu, after 1 warm-up volume")
     cpu = torch.device("cpu")
-    times = _alternate({"fp32_contiguous": runner(cpu, False, False), "fp32_channels_last": runner(cpu, True, False)},
-                       _with(s, device="cpu"), 1, 1)
+    auto, auto_ran = bundle_runner(cpu, "auto")
+    times = _alternate({"fp32_contiguous": runner(cpu, False, False), "fp32_channels_last": runner(cpu, True, False),
+                        "bundle_auto": auto}, _with(s, device="cpu"), 1, 1)
     out["cpu"] = {name: {"seconds": _median(t)} for name, t in times.items()}
+    out["cpu"]["bundle_auto"]["precision"] = auto_ran  # what --precision auto chose on this CPU
     out["cpu"]["speedup_channels_last"] = out["cpu"]["fp32_contiguous"]["seconds"] / \
         out["cpu"]["fp32_channels_last"]["seconds"]
+    # the same run, alternating: the bundle's default path against fp32 channels_last
+    out["cpu"]["speedup_auto_over_fp32_channels_last"] = out["cpu"]["fp32_channels_last"]["seconds"] / \
+        out["cpu"]["bundle_auto"]["seconds"]
     if s.device == "cuda":
         _log(f"inference: {s.repeats} x one {shape} volume per variant on cuda")
         gpu = s.torch_device
@@ -556,9 +590,10 @@ def bench_surface_dice(s: Settings) -> dict:
 
 
 def _has_cucim() -> bool:
-    from monai.utils import optional_import
+    """Whether surface Dice of CUDA masks runs its distance transform on the GPU (cupy and cuCIM installed)."""
+    from custom.metrics import _has_cucim as has_cucim
 
-    return bool(optional_import("cucim.core.operations.morphology", name="distance_transform_edt")[1])
+    return has_cucim()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -639,6 +674,15 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
         (sec, "cpu fp32, channels_last slices", _seconds(inf["cpu"]["fp32_channels_last"]["seconds"])),
         (sec, "ratio: cpu contiguous / channels_last time (speedup)", f"{inf['cpu']['speedup_channels_last']:.2f}"),
     ]
+    if "bundle_auto" in inf["cpu"]:  # saved runs of earlier versions lack it
+        ran = inf["cpu"]["bundle_auto"]["precision"]
+        how = "bf16 autocast + channels_last" if ran == "bf16" else "fp32 + channels_last"
+        rows += [
+            (sec, f"cpu bundle inference.yaml, --precision auto ({how})",
+             _seconds(inf["cpu"]["bundle_auto"]["seconds"])),
+            (sec, "ratio: cpu fp32 channels_last / --precision auto time (speedup)",
+             f"{inf['cpu']['speedup_auto_over_fp32_channels_last']:.2f}"),
+        ]
     if "cuda" in inf:
         rows += [
             (sec, "cuda fp32, contiguous slices", _seconds(inf["cuda"]["fp32_contiguous"]["seconds"])),

@@ -22,6 +22,7 @@ SCRIPT = ROOT / "scripts" / "benchmark.py"
 RATIO_ROWS = (
     "ratio: bundle loop / bare step",
     "ratio: cpu contiguous / channels_last time",
+    "ratio: cpu fp32 channels_last / --precision auto time",
     "ratio: DeepMind / custom cpu time",
     "ratio: first / full step time",
     "ratio: last / full step time",
@@ -58,6 +59,13 @@ def _check_results(results: dict, device: str) -> None:
     for name in ("fp32_contiguous", "fp32_channels_last"):
         assert _positive(inf["cpu"][name]["seconds"])
     assert _positive(inf["cpu"]["speedup_channels_last"])
+    # the bundle's own inference path at --precision auto, timed in the same run as fp32 channels_last
+    from custom.precision import cpu_has_native_bf16
+
+    auto = inf["cpu"]["bundle_auto"]
+    assert _positive(auto["seconds"]) and auto["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert inf["cpu"]["speedup_auto_over_fp32_channels_last"] == pytest.approx(
+        inf["cpu"]["fp32_channels_last"]["seconds"] / auto["seconds"])
 
     sd = results["surface_dice"]
     assert sd["equal"] is True

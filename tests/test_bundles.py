@@ -339,13 +339,19 @@ def test_adapter_refuses_other_source_weights(trained_source, data, tmp_path):
 
 @pytest.mark.slow
 def test_multi_gpu_train_with_two_cpu_processes(trained_source, data, tmp_path):
-    """multi_gpu_train.yaml through torchrun: two gloo processes, one final model, an adapter, synced weights."""
+    """multi_gpu_train.yaml through torchrun: two gloo processes, one final model, an adapter, synced weights;
+    validation every epoch on 3 scans shared unevenly (2 + 1) between the processes."""
     bundle = copy_bundle(FINETUNE["first"], tmp_path)
     out = tmp_path / "ddp"
+    dl = json.loads(trained_source["datalist"].read_text())
+    dl["validation"] = dl["validation"] + dl["test"]
+    assert len(dl["validation"]) == 3
+    datalist_file = tmp_path / "ddp_datalist.json"
+    datalist_file.write_text(json.dumps(dl))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
            "-m", "monai.bundle", "run", "--config_file",
            str([str(bundle / "configs/train.yaml"), str(bundle / "configs/multi_gpu_train.yaml")]),
-           "--dataset_dir", str(data), "--datalist_file", str(trained_source["datalist"]), "--output_dir", str(out),
+           "--dataset_dir", str(data), "--datalist_file", str(datalist_file), "--output_dir", str(out),
            "--final_model", str(out / "model.pt"), "--adapter_path", str(out / "adapter.pt"),
            "--source_weights", str(trained_source["model"]), "--init_weights", str(trained_source["model"]),
            "--max_epochs", "2", "--lr_decay_epoch", "1", "--slice_interval", "4", "--iterations_per_epoch", "4",
@@ -353,18 +359,20 @@ def test_multi_gpu_train_with_two_cpu_processes(trained_source, data, tmp_path):
            "--precision", "fp32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank, share in ((0, 2), (1, 1)):  # each process validated its own share of the scans
+        assert f"validation: process {rank} of 2 validates {share} of the 3 scans" in proc.stdout + proc.stderr
     # validation ran after every epoch (all processes took part) and logged once, from the first process
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    logged = {}
+    logged, writers = {}, 0
     for events in out.glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events))
         acc.Reload()
         if "val_surface_dice" in acc.Tags()["scalars"]:
+            writers += 1
             logged.update({e.step: e.value for e in acc.Scalars("val_surface_dice")})
-    assert sorted(logged) == [1, 2]
+    assert sorted(logged) == [1, 2] and writers == 1
     # ... and its value is the single-process one: the final weights on the same validation scans
-    dl = json.loads(trained_source["datalist"].read_text())
     single = tmp_path / "single.json"
     single.write_text(json.dumps({"test": dl["validation"]}))
     run_workflow([bundle / "configs/inference.yaml", bundle / "configs/evaluate.yaml"], bundle, "infer",
@@ -372,6 +380,7 @@ def test_multi_gpu_train_with_two_cpu_processes(trained_source, data, tmp_path):
                  spacing=FAST["spacing"], precision="fp32")
     with open(tmp_path / "single/metrics.csv") as f:
         expected = [float(r["surface_dice"]) for r in csv.DictReader(f)]
+    assert len(expected) == 3
     assert logged[2] == pytest.approx(sum(expected) / len(expected), abs=1e-6)
     tuned = torch.load(out / "model.pt", weights_only=True)
     source = torch.load(trained_source["model"], weights_only=True)

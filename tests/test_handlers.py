@@ -75,3 +75,31 @@ def test_epoch_checkpoint_keeps_the_newest_only_and_no_temporary_files(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_epoch=3.pt"]
     state = torch.load(latest(tmp_path), weights_only=True)
     assert state["trainer"]["iteration"] == 6 and torch.equal(state["model"]["weight"], net.weight.detach())
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_volume_progress_lines_and_a_bar_on_a_terminal(monkeypatch, caplog, terminal):
+    """One log line per volume (its file name, seconds); a tqdm bar on stderr only when stderr is a terminal."""
+    import io
+    import logging
+
+    from monai.data import MetaTensor
+
+    from custom.handlers import VolumeProgress
+
+    class Stderr(io.StringIO):
+        def isatty(self):
+            return terminal
+
+    stderr = Stderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    volumes = [[{"image": MetaTensor(torch.zeros(1, 2, 2, 2), meta={"filename_or_obj": f"/scans/{n}.nii.gz"})}]
+               for n in ("a", "b")]
+    engine = Engine(lambda e, batch: None)
+    VolumeProgress().attach(engine)
+    with caplog.at_level(logging.INFO, logger="custom.handlers"):
+        engine.run(volumes)
+    lines = [r.getMessage() for r in caplog.records if r.name == "custom.handlers"]
+    assert [ln.split(" (")[0] for ln in lines] == ["volume 1/2: /scans/a.nii.gz", "volume 2/2: /scans/b.nii.gz"]
+    assert all(ln.endswith(" s)") for ln in lines)
+    assert ("/2 [" in stderr.getvalue() and "volume/s" in stderr.getvalue()) is terminal  # tqdm, total 2
