@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -34,7 +35,7 @@ COARSE = {"spacing": FAST["spacing"]}
 FIRST = FINETUNE["first"].name
 # What a user installs to run an exported bundle (no copy of this repository).
 CLEAN_REQUIREMENTS = [
-    "torch==2.13.0", "monai[nibabel,itk,ignite,fire,pyyaml]==1.6.1", "scipy", "surface-distance",
+    "torch==2.13.0", "monai[nibabel,itk,ignite,fire,pyyaml,tensorboard]==1.6.1", "scipy", "surface-distance",
 ]
 CLEAN_VENV = ROOT / ".venv-export"  # built once, reused while CLEAN_REQUIREMENTS and Python stay the same
 # ONNX Runtime vs PyTorch on CPU: logits differ by ~1e-7, so a voxel whose logit is within that of 0 may flip.
@@ -499,6 +500,36 @@ def test_clean_environment_runs_the_exported_bundle_from_another_folder(repo, vo
          "--config_file", str(bundle / "configs" / "inference.yaml"), "--bundle_root", str(bundle)],
         cwd=elsewhere, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and ts.is_file(), (done.stdout + done.stderr)[-3000:]
+
+    # model-zoo CI's checks, through MONAI's API in the clean environment: the network's declared input/output and
+    # the required properties of the train, infer and evaluate workflows
+    zoo = textwrap.dedent("""
+        import sys
+        from monai.bundle import ConfigWorkflow, verify_net_in_out
+        b, datalist, scans = sys.argv[1], sys.argv[2], sys.argv[3]
+        meta = b + "/configs/metadata.json"
+        verify_net_in_out(net_id="network_def", meta_file=meta, config_file=b + "/configs/inference.yaml",
+                          bundle_root=b, n=4)
+        for files, kind in ((["train"], "train"), (["inference"], "infer"), (["inference", "evaluate"], "infer")):
+            w = ConfigWorkflow(config_file=[f"{b}/configs/{f}.yaml" for f in files], meta_file=meta,
+                               workflow_type=kind, bundle_root=b, datalist_file=datalist, dataset_dir=scans,
+                               spacing=[4.0, 3.8, 3.8])
+            w.initialize()
+            assert w.check_properties() == [], (files, w.check_properties())
+        print("zoo checks passed")
+    """)
+    mask = tmp_path / "mask.nii.gz"
+    image = nib.load(volume)
+    data = np.asanyarray(image.dataobj)
+    nib.save(nib.Nifti1Image((data > np.median(data)).astype(np.uint8), image.affine), mask)
+    entry = {"image": str(volume), "label": str(mask), "id": "s1", "domain": "test"}
+    datalist = tmp_path / "zoo_datalist.json"
+    datalist.write_text(json.dumps({"training": [entry], "validation": [entry], "test": [entry]}))
+    for bundle in bundles.values():
+        done = subprocess.run([str(python), "-c", zoo, str(bundle), str(datalist), str(volume.parent)], cwd=elsewhere,
+                              env=clean_env(),
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "zoo checks passed" in done.stdout, (done.stdout + done.stderr)[-3000:]
 
     # a changed weight file: the run stops, with one line naming the file and both hashes
     expected = json.loads((bundle / "configs" / "metadata.json").read_text())[HASH_KEY]["models/model.pt"]
