@@ -28,18 +28,15 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_save(obj, path: str | Path, compact: bool = False) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file.
-
-    ``compact`` uses torch's legacy single-stream format: far less overhead per tensor for files of many tiny
-    tensors (adapters); still loadable with ``weights_only=True``.
-    """
+def _atomic_write(path: str | Path, write) -> Path:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it into place, readable as the umask allows
+    (``mkstemp`` alone leaves 0600): readers never see half a file, a failed write changes nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp, _use_new_zipfile_serialization=not compact)
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -48,24 +45,20 @@ def atomic_save(obj, path: str | Path, compact: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_save(obj, path: str | Path, compact: bool = False) -> Path:
+    """``torch.save`` atomically (see ``_atomic_write``).
+
+    ``compact`` uses torch's legacy single-stream format: far less overhead per tensor for files of many tiny
+    tensors (adapters); still loadable with ``weights_only=True``.
+    """
+    return _atomic_write(path, lambda tmp: torch.save(obj, tmp, _use_new_zipfile_serialization=not compact))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename (readable as the umask allows)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write ``text`` atomically (see ``_atomic_write``)."""
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def load_state_dict(path: str | Path, map_location="cpu") -> dict[str, torch.Tensor]:
