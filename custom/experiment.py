@@ -494,7 +494,9 @@ def _ids(datalist: dict) -> dict:
 def _cell_datalist(cell: Cell, scans: Sequence[Scan], profile: Profile) -> dict:
     seed = profile.split_seed
     if cell.role == "baseline":
-        dl = one2all(scans, cell.source, n_val=profile.n_val, seed=seed)
+        n_domain = sum(s.domain == cell.source for s in scans)
+        n_val = min(profile.n_val, max(n_domain - 1, 0))  # a tiny dataset keeps one training scan
+        dl = one2all(scans, cell.source, n_val=n_val, seed=seed)
         if cell.kind == "eval":
             test = dl["validation"] if cell.target == cell.source else [
                 e for e in dl["test"] if e["domain"] == cell.target]

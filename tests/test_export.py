@@ -525,8 +525,8 @@ def test_clean_environment_runs_the_exported_bundle_from_another_folder(repo, vo
     entry = {"image": str(volume), "label": str(mask), "id": "s1", "domain": "test"}
     datalist = tmp_path / "zoo_datalist.json"
     datalist.write_text(json.dumps({"training": [entry], "validation": [entry], "test": [entry]}))
-    for bundle in bundles.values():
-        done = subprocess.run([str(python), "-c", zoo, str(bundle), str(datalist), str(volume.parent)], cwd=elsewhere,
+    for exported in bundles.values():
+        done = subprocess.run([str(python), "-c", zoo, str(exported), str(datalist), str(volume.parent)], cwd=elsewhere,
                               env=clean_env(),
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0 and "zoo checks passed" in done.stdout, (done.stdout + done.stderr)[-3000:]
