@@ -19,10 +19,10 @@ Command line::
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +225,7 @@ def _meta_row(row: dict, line: int, root: Path, meta: Path) -> Scan:
 
 def _index_meta(root: Path) -> list[Scan]:
     meta = root / META_CSV
-    with open(meta, newline="") as f:
+    with open(meta) as f:
         reader = csv.DictReader(f)
         missing = [c for c in META_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -267,29 +267,26 @@ def write_meta_csv(scans: Iterable[Scan], path: str | os.PathLike) -> Path:
     """Write the paper-code ``meta.csv`` (paths relative to its folder, tesla 15/3) atomically."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(META_COLUMNS)
-            for s in scans:
-                tesla = 15 if s.tesla == 1.5 else 3
-                writer.writerow(
-                    [
-                        s.id,
-                        _meta_path(s.image, path.parent),
-                        _meta_path(s.mask, path.parent),
-                        s.fold,
-                        s.vendor,
-                        tesla,
-                    ]
-                    + [repr(float(v)) for v in s.spacing]
-                )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from custom.checkpoints import atomic_write_text
+
+    with io.StringIO(newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(META_COLUMNS)
+        for s in scans:
+            tesla = 15 if s.tesla == 1.5 else 3
+            writer.writerow(
+                [
+                    s.id,
+                    _meta_path(s.image, path.parent),
+                    _meta_path(s.mask, path.parent),
+                    s.fold,
+                    s.vendor,
+                    tesla,
+                ]
+                + [repr(float(v)) for v in s.spacing]
+            )
+        text = f.getvalue()
+    return atomic_write_text(path, text)
 
 
 def format_table(scans: Sequence[Scan]) -> str:

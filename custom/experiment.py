@@ -35,7 +35,6 @@ import platform
 import shutil
 import socket
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -736,15 +735,9 @@ def assembly(p: Plan) -> Plan:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from custom.checkpoints import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -968,10 +961,9 @@ def _use_shipped(spec: dict, started: str) -> dict:
     """A source-training cell the profile replaces by shipped weights: copy them in and mark the cell done."""
     cell_dir, shipped = Path(spec["cell_dir"]), spec["settings"]["shipped_weights"]
     target = Path(spec["paths"]["final_model"])
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(shipped, tmp)
-    os.replace(tmp, target)
-    from custom.checkpoints import sha256
+    from custom.checkpoints import atomic_write, sha256
+
+    atomic_write(target, lambda tmp: shutil.copyfile(shipped, tmp))
 
     if sha256(target) != spec["settings"]["sha256"]:
         raise RuntimeError(f"{shipped}: changed while it was copied to {target}")
@@ -1008,7 +1000,7 @@ def _check_outputs(spec: dict) -> dict:
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         raise RuntimeError(f"{path}: no metrics written")
-    with open(path, newline="") as f:
+    with open(path) as f:
         return list(csv.DictReader(f))
 
 
@@ -1553,8 +1545,10 @@ def _figures(p: Plan, t: dict, offered: dict, out: Path) -> list[Path]:
     import numpy as np
 
     def save(fig, path: Path) -> Path:
+        from custom.checkpoints import atomic_write
+
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png"))
         plt.close(fig)
         return path
 

@@ -128,8 +128,11 @@ def verified(path: str | Path, bundle_root: str | Path) -> str:
     if not hashes:
         return str(path)
     root = Path(bundle_root).resolve()
+    # where the file is NAMED, not where a link points: models/source_model.pt replaced by a link to other weights
+    # is still the bundle's file, and its content must have the recorded hash
+    named = Path(os.path.realpath(Path(path).absolute().parent)) / Path(path).name
     try:
-        rel = Path(path).resolve().relative_to(root).as_posix()
+        rel = named.relative_to(root).as_posix()
     except ValueError:
         logger.info("%s: outside the bundle, not checked against %s", path, META)
         return str(path)
@@ -453,14 +456,11 @@ def _check_large(sizes: dict[str, int], large_file_mb: float, url_base: str | No
 def _publish(zipped: Path, output: Path, large: Path | None, large_dir: Path) -> None:
     """Copy to temporary names beside the outputs, then rename: the large files first, the zip last."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
+    from custom.checkpoints import atomic_write, current_umask
+
+    umask = current_umask()
     tmp_large = None
     try:
-        shutil.copyfile(zipped, tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # not mkstemp's 0600: the zip is meant to be shared
         if large is not None:
             tmp_large = Path(tempfile.mkdtemp(prefix=f".{large_dir.name}.", dir=output.parent))
             shutil.copytree(large, tmp_large, dirs_exist_ok=True)
@@ -469,10 +469,10 @@ def _publish(zipped: Path, output: Path, large: Path | None, large_dir: Path) ->
             shutil.rmtree(large_dir)
         if tmp_large is not None:
             os.replace(tmp_large, large_dir)
-        os.replace(tmp, output)
+        # the zip last, readable as the umask allows (it is meant to be shared), checked to read back
+        atomic_write(output, lambda tmp: shutil.copyfile(zipped, tmp),
+                     verify=lambda tmp: zipfile.ZipFile(tmp).testzip() is None)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         if tmp_large is not None and tmp_large.exists():
             shutil.rmtree(tmp_large, ignore_errors=True)
 

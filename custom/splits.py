@@ -28,7 +28,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -238,7 +237,7 @@ def _relative(datalist: dict, folder: Path) -> dict:
 
 
 def write_datalist(datalist: dict, path: str | os.PathLike, relative: bool = False) -> Path:
-    """Write `datalist` as JSON atomically (temp file + os.replace); parent folders are created.
+    """Write `datalist` as JSON atomically (``custom.checkpoints.atomic_write``); parent folders are created.
 
     ``relative=True`` stores image/label paths relative to the datalist's folder (MONAI's loader resolves
     them against that folder); otherwise they are written as given (absolute from `index_dataset`).
@@ -247,16 +246,9 @@ def write_datalist(datalist: dict, path: str | os.PathLike, relative: bool = Fal
     path.parent.mkdir(parents=True, exist_ok=True)
     if relative:
         datalist = _relative(datalist, path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(datalist, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from custom.checkpoints import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(datalist, indent=2) + "\n")
 
 
 def _seed(seed: int | str) -> int:

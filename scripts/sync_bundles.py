@@ -2,7 +2,8 @@
 
 The source bundle (``bundles/brain_extraction_source``) defines inference, evaluation, multi-process training,
 logging, the license and the source weights; ``scripts/bundle_templates/finetune_train.yaml`` defines fine-tuning.
-Every bundle's metadata records the sha256 of the weights it ships (``shipped_weights_sha256``).
+Every bundle's metadata records the sha256 of the weights it ships (``shipped_weights_sha256``) and of the weights
+it holds (``weights_sha256``, checked before each use): after replacing the shipped weights, run this script.
 Each fine-tuning bundle differs only in its ``strategy`` (``FINETUNE_BUNDLES`` below) and its own metadata, docs
 and fine-tuned weights. Every bundle folder is self-contained (real files, no links): copied alone it can train,
 evaluate and infer, and MONAI Label or the model zoo can take it as it is.
@@ -35,6 +36,7 @@ SOURCE_WEIGHTS = ("models/model.pt", "models/source_model.pt")
 PLACEHOLDER = "strategy: {strategy}"
 WEIGHTS = ("models/model.pt", "models/adapter.pt", "models/source_model.pt")
 SHIPPED_KEY = "shipped_weights_sha256"  # custom.export: weights with other hashes were trained by their user
+HASH_KEY = "weights_sha256"  # the weights the bundle holds: every load checks them, its own training re-records them
 
 
 def _generated_header(origin: str) -> str:
@@ -63,6 +65,7 @@ def expected_files() -> dict[Path, bytes]:
                    if bundle / rel in out or (bundle / rel).is_file()}
         meta = json.loads((bundle / "configs" / "metadata.json").read_text())
         meta[SHIPPED_KEY] = {rel: hashlib.sha256(data).hexdigest() for rel, data in weights.items()}
+        meta[HASH_KEY] = dict(meta[SHIPPED_KEY])  # checked before every use of a weight file (custom.checkpoints)
         out[bundle / "configs" / "metadata.json"] = (json.dumps(meta, indent=4, ensure_ascii=False) + "\n").encode()
     return out
 
