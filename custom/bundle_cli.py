@@ -33,9 +33,17 @@ def _own_error_types() -> tuple[type[BaseException], ...]:
     from custom.cc359 import DatasetError
     from custom.checkpoints import WeightsError
     from custom.export import WeightsHashError
+    from custom.storage import OutputError
     from custom.transforms import InputError
 
-    return InputError, DatasetError, AdapterError, WeightsHashError, WeightsError
+    return InputError, DatasetError, AdapterError, WeightsHashError, WeightsError, OutputError
+
+
+def _storage_error(exc: BaseException) -> bool:
+    """An OSError about where files go (a full disk, a read-only or unwritable folder) that names its file."""
+    from custom.storage import STORAGE_ERRNOS
+
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS and bool(exc.filename)
 
 
 GENERIC_INPUT_ERRORS = (FileNotFoundError, BadGzipFile, EOFError, zipfile.BadZipFile)
@@ -51,11 +59,13 @@ def user_error(exc: BaseException) -> BaseException | None:
     own = [e for e in chain if isinstance(e, _own_error_types())]
     if own:
         return own[0]
-    generic = [e for e in chain if isinstance(e, GENERIC_INPUT_ERRORS)]
+    generic = [e for e in chain if isinstance(e, GENERIC_INPUT_ERRORS) or _storage_error(e)]
     return generic[-1] if generic else None
 
 
 def _message(exc: BaseException) -> str:
+    if _storage_error(exc):
+        return f"{exc.filename}: {exc.strerror or exc}"
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, BadGzipFile | EOFError | zipfile.BadZipFile):
         text = f"corrupt or truncated file ({text})"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+STAGING_PREFIX = ".partial-"  # CommitOnCompletion's staging folder inside output_dir: .partial-<pid>
 
 
 def _rank() -> int:
@@ -237,55 +238,74 @@ class PerScanCSV:
             values = torch.as_tensor(details[name]).reshape(len(self._rows), -1)[:, 0].tolist()
             for row, value in zip(self._rows, values, strict=True):
                 row[name] = "" if math.isnan(value) else f"{value:.6f}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent, text=True)
-        with os.fdopen(fd, "w", newline="") as f:
+        with io.StringIO(newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[*self.keys, *self.metrics])
             writer.writeheader()
             writer.writerows(self._rows)
-        os.replace(tmp, self.path)
+            atomic_write_text(self.path, f.getvalue())
         logger.info("wrote per-scan metrics of %d scans to %s", len(self._rows), self.path)
 
 
 class CommitOnCompletion:
-    """A run's files appear in ``output_dir`` only once the whole run has succeeded.
+    """A run's files appear in ``output_dir`` only once the whole run has succeeded and every file reads back.
 
-    Writers (``SaveImaged``) write into ``staging``, a hidden sibling of ``output_dir``. When the engine COMPLETES,
-    every staged file is renamed into ``output_dir`` (same file system, so each move is atomic); when it raises,
-    the staging folder is removed and ``output_dir`` is left exactly as it was: a bad 7th volume leaves neither
-    six new masks nor an overwritten earlier result. List it FIRST among the handlers: the first EXCEPTION_RAISED
-    handler to re-raise is the last one ignite calls.
+    Constructing it checks ``output_dir`` (not a file, writable: ``custom.storage.check_output_dir``), so a folder
+    that cannot take the results stops the run in one line before any work. Writers (``SaveImaged``) write into
+    ``staging``, a hidden folder INSIDE ``output_dir`` (``.partial-<pid>``: same file system, so ``output_dir`` may be
+    a mount point or sit in a read-only parent). When the engine COMPLETES, every staged file is read back
+    (``custom.storage.verify_written``: a full disk that cut a mask short fails the run), then renamed into place
+    one by one; when it raises, the staging folder is removed, and ``output_dir`` too if this run created it, so
+    ``output_dir`` is left exactly as it was: a bad 7th volume leaves neither six new masks nor an overwritten earlier
+    result. List it FIRST among the handlers: the first EXCEPTION_RAISED handler to re-raise is the last one ignite
+    calls.
     """
 
+    PREFIX = STAGING_PREFIX
+
     def __init__(self, output_dir: str):
+        from custom.storage import check_output_dir
+
         out = Path(output_dir).absolute()
         self.output_dir = out
-        self.staging = str(out.parent / f".{out.name}.partial-{os.getpid()}")
+        self._existed = check_output_dir(out)
+        self.staging = str(out / f"{STAGING_PREFIX}{os.getpid()}")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self.commit)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.discard)
 
     def commit(self, engine: Engine | None = None) -> None:
+        from custom.storage import verify_written
+
         staging = Path(self.staging)
         if staging.is_dir():
-            for staged in sorted(p for p in staging.rglob("*") if p.is_file()):
-                target = self.output_dir / staged.relative_to(staging)
+            staged = sorted(p for p in staging.rglob("*") if p.is_file())
+            for path in staged:  # all of them first: a bad file commits nothing
+                verify_written(path)
+            for path in staged:
+                target = self.output_dir / path.relative_to(staging)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, target)
+                os.replace(path, target)
             shutil.rmtree(staging)
         self._sweep_stale()
 
     def discard(self, engine: Engine, error: Exception) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
         self._sweep_stale()
+        if not self._existed:
+            try:
+                self.output_dir.rmdir()  # created by this run's writers, and empty again
+            except OSError:
+                pass
         raise error
 
     def _sweep_stale(self) -> None:
         """Remove the staging folders of earlier runs that were killed (their process is gone)."""
-        for folder in self.output_dir.parent.glob(f".{self.output_dir.name}.partial-*"):
+        stale = [*self.output_dir.glob(f"{STAGING_PREFIX}*"),
+                 *self.output_dir.parent.glob(f".{self.output_dir.name}.partial-*")]  # older versions: beside it
+        for folder in stale:
             pid = folder.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
 
 

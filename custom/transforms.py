@@ -35,6 +35,9 @@ __all__ = [
 PAPER_SPACING = (1.0, 0.95, 0.95)
 MASK_INTERPOLATIONS = {"linear": "bilinear", "cubic": 3}  # option -> MONAI Spacing mode (3: cubic spline)
 STORED_ORIENTATION = ("", "none", "stored")  # orientation values (and None) that keep the stored array order
+# The largest volume read: 512^3 voxels (0.5 GiB as float32; a 1 mm head is 176 x 256 x 256 = 11.5 M). Checked from
+# the file's header before any voxel is read or decompressed, so a header claiming more (or a gzip bomb) is refused.
+MAX_VOXELS = 512**3
 
 
 def orientation_codes(orientation: str | None) -> str | None:
@@ -107,6 +110,9 @@ class ValidateVolumed(MapTransform):
             lo, hi = self.spacing_range_mm
             if not np.all((spacing >= lo) & (spacing <= hi)):
                 raise InputError(f"{name}: implausible voxel spacing {tuple(np.round(spacing, 4))} mm")
+            axes = np.asarray(x.affine, dtype=float)[:3, :3]
+            if abs(np.linalg.det(axes)) <= 1e-6 * float(np.prod(np.linalg.norm(axes, axis=0))):
+                raise InputError(f"{name}: singular affine (two voxel axes point the same way); cannot orient it")
         return x
 
     def __call__(self, data: Mapping) -> dict:
@@ -142,14 +148,43 @@ class ValidateVolumed(MapTransform):
                     )
 
 
+def header_shape(path: str | Path) -> tuple[int, ...] | None:
+    """A volume file's shape from its header alone (NIfTI through nibabel, NRRD/MHA/MHD through ITK's image IO),
+    without reading or decompressing its voxels; ``None`` where it cannot tell (DICOM series, unknown formats)."""
+    name = str(path).lower()
+    if name.endswith((".nii", ".nii.gz", ".hdr", ".img")):
+        import nibabel as nib
+
+        return tuple(int(n) for n in nib.load(str(path)).shape)  # lazy: header only
+    if name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+        import itk
+
+        io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+        if io is None:
+            return None
+        io.SetFileName(str(path))
+        io.ReadImageInformation()
+        return (*[int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions())],
+                int(io.GetNumberOfComponents()))
+    return None
+
+
 class LoadVolumed(LoadImaged):
-    """``LoadImaged`` whose failures name the file: missing, truncated, corrupt or unreadable."""
+    """``LoadImaged`` whose failures name the file: missing, truncated, corrupt, unreadable, or larger than
+    ``max_voxels`` by its header (refused before any voxel is read, so a forged header or a gzip bomb costs no
+    memory)."""
+
+    def __init__(self, *args, max_voxels: int = MAX_VOXELS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_voxels = int(max_voxels)
 
     def __call__(self, data, reader=None):
         for key in self.key_iterator(dict(data)):
             path = data[key]
             if isinstance(path, str | Path) and not Path(path).exists():
                 raise InputError(f"{path}: file not found")
+            if isinstance(path, str | Path) and Path(path).is_file():
+                self._check_size(path)
         try:
             return super().__call__(data, reader)
         except Exception as e:
@@ -157,6 +192,17 @@ class LoadVolumed(LoadImaged):
             cause = e.__cause__ or e.__context__ or e
             detail = " ".join(str(cause).split())[:200] or type(cause).__name__
             raise InputError(f"{' / '.join(names)}: cannot read as a medical image ({detail})") from e
+
+    def _check_size(self, path: str | Path) -> None:
+        try:
+            shape = header_shape(path)
+        except Exception as e:  # noqa: BLE001 - an unreadable header: the reader below names the problem
+            detail = " ".join(str(e).split())[:200] or type(e).__name__
+            raise InputError(f"{path}: cannot read as a medical image ({detail})") from e
+        voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+        if voxels > self.max_voxels:
+            raise InputError(f"{path}: its header claims {' x '.join(map(str, shape))} = {voxels:,} voxels, more than "
+                             f"the {self.max_voxels:,} this bundle reads (custom.transforms.MAX_VOXELS)")
 
 
 class SafeSpacingd(Spacingd):
@@ -220,6 +266,9 @@ class LikeInputd(MapTransform):
         mask_file = (getattr(d.get(self.mask_key), "meta", {}) or {}).get("saved_to")
         if not mask_file:
             return d
+        from custom.storage import verify_written
+
+        verify_written(mask_file)  # MONAI's writer may have cut it short without an error (a full disk)
         mask = np.asanyarray(nib.load(mask_file).dataobj).astype(np.uint8)
         if mask.size != int(np.prod(original.shape)):
             raise InputError(f"{source}: mask of shape {mask.shape} does not fit the input's {original.shape}")
@@ -243,9 +292,11 @@ def _write_like(original, array: np.ndarray, dtype, path: str, keep_scaling: boo
         image.header.set_slope_inter(1.0, 0.0)
     else:
         image.header.set_slope_inter(*original.header.get_slope_inter())
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.nii.gz")
-    nib.save(image, tmp)
-    os.replace(tmp, path)
+    from custom.checkpoints import atomic_write
+    from custom.storage import verify_written
+
+    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
+    atomic_write(path, lambda tmp: nib.save(image, tmp), verify=verify_written, suffix=suffix)
 
 
 def checks(keys: Sequence[str] = ("image", "label"), load: bool = True) -> list:
@@ -304,17 +355,39 @@ def preprocessing(
     return Compose(steps)
 
 
-def find_volumes(folder: str | Path) -> list[dict]:
+def _staging(part: str) -> bool:
+    """A staging folder of ``custom.handlers.CommitOnCompletion`` (``.partial-<pid>``, or ``.<out>.partial-<pid>``
+    beside the output folder in older versions): never input, even when a killed run left it in the input tree."""
+    return part.startswith(".") and ".partial-" in part and part.rsplit("-", 1)[-1].isdigit()
+
+
+def find_volumes(folder: str | Path, exclude: str | Path | None = None) -> list[dict]:
     """Every volume at ``folder``: NIfTI, NRRD, MHA/MHD files and DICOM series (one folder of .dcm each) below it;
-    ``folder`` may also be one volume itself (a file, or a DICOM series folder)."""
+    ``folder`` may also be one volume itself (a file, or a DICOM series folder).
+
+    ``exclude``: the run's output folder. Below ``folder`` it is left out of the input (and staging folders are
+    never input), so a rerun does not read earlier masks as scans; ``exclude`` equal to ``folder`` is refused
+    (the masks would be mixed with the scans).
+    """
+    from custom.storage import OutputError, inside
+
     folder = Path(folder)
     suffixes = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
     if folder.is_file() and folder.name.lower().endswith(suffixes):
         return [{"image": str(folder)}]
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder (or NIfTI, NRRD or MHA file)")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
-    dicom_dirs = sorted({p.parent for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm"})
+    if exclude and os.path.realpath(folder) == os.path.realpath(exclude):
+        raise OutputError(f"{Path(exclude).absolute()}: output_dir is the input folder (dataset_dir); a rerun would "
+                          "read the masks as scans: choose another output_dir")
+
+    def wanted(p: Path) -> bool:
+        parts = p.relative_to(folder).parts
+        return not any(_staging(part) for part in parts) and not (exclude and inside(p, exclude))
+
+    found = [p for p in folder.rglob("*") if wanted(p) and p.is_file()]
+    files = sorted(p for p in found if p.name.lower().endswith(suffixes))
+    dicom_dirs = sorted({p.parent for p in found if p.suffix.lower() == ".dcm"})
     items = [{"image": str(p)} for p in files] + [{"image": str(d)} for d in dicom_dirs]
     if not items:
         raise InputError(f"{folder}: no NIfTI, NRRD, MHA or DICOM volumes found")

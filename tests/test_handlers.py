@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
@@ -22,7 +24,8 @@ def _engine_writing(stage: CommitOnCompletion, fail_at: int | None = None) -> En
             raise ValueError("bad volume")
         folder = Path(stage.staging) / "sub"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{batch}_brainmask.nii.gz").write_text(str(batch))
+        nib.save(nib.Nifti1Image(np.full((2, 2, 2), len(batch), np.uint8), np.eye(4)),
+                 folder / f"{batch}_brainmask.nii.gz")  # committed files must read back
 
     engine = Engine(step)
     stage.attach(engine)
