@@ -22,8 +22,9 @@ code runs from any working directory, in an environment holding only the PyPI pa
 
 Hashes: the exported configs read each weight file through ``@custom_export.verified(path, bundle_root)`` and
 inference starts with ``verify_bundle(bundle_root)``: a file whose sha256 differs from ``weights_sha256`` stops the
-run with one line naming the file and both hashes. Bundles without ``weights_sha256`` (the repository's own) are not
-checked, so training and inference inside the repository are unchanged.
+run with one line naming the file and both hashes. The repository's bundles record ``weights_sha256`` too
+(``scripts/sync_bundles.py``); every load checks it (``custom.checkpoints.check_recorded_hash``) and a bundle's own
+training re-records the files it writes.
 """
 
 from __future__ import annotations

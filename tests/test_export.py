@@ -24,7 +24,7 @@ import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow, download_large_files, verify_metadata
 
 from custom.adapters import save_adapter
-from custom.checkpoints import atomic_save
+from custom.checkpoints import atomic_save, record_weights
 from custom.export import HASH_KEY, WeightsHashError, export_bundle, main, verified, verify_bundle
 from custom.inference import SliceBatchInferer
 from custom.networks import UNet2D
@@ -85,12 +85,14 @@ def repo(tmp_path_factory, volume):
             stale.unlink()
         atomic_save(net.state_dict(), models / "model.pt")
         shutil.copyfile(source, models / "source_model.pt")
+        record_weights(bundles[bundle.name], ["models/source_model.pt"])  # a copy made outside atomic_save
         save_adapter(net, models / "source_model.pt", models / "adapter.pt", strategy)
     for bundle in bundles.values():  # these weights are the copies' "shipped" ones
         meta_file = bundle / "configs" / "metadata.json"
         meta = json.loads(meta_file.read_text())
         meta["shipped_weights_sha256"] = {f"models/{p.name}": sha256(p.read_bytes())
                                           for p in (bundle / "models").glob("*.pt")}
+        meta["weights_sha256"] = dict(meta["shipped_weights_sha256"])
         meta_file.write_text(json.dumps(meta, indent=4))
     return {"root": root, "bundles": bundles, "source": source, "tuned": state}
 
@@ -297,8 +299,8 @@ def test_hash_checks_pass_for_intact_bundles_and_skip_repository_bundles(exporte
     bundle = exported["folders"]["full"]
     assert set(verify_bundle(bundle)) == {"models/model.pt", "models/source_model.pt"}
     assert verified(bundle / "models" / "model.pt", bundle) == str(bundle / "models" / "model.pt")
-    own = repo["bundles"][FIRST]  # no recorded hashes: training and inference inside the repository are unchanged
-    assert verify_bundle(own) == {}
+    own = repo["bundles"][FIRST]  # the repository's bundles record their weights' hashes too
+    assert set(verify_bundle(own)) == {"models/model.pt", "models/adapter.pt", "models/source_model.pt"}
     assert verified(own / "models" / "model.pt", own) == str(own / "models" / "model.pt")
 
 
