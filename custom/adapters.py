@@ -8,12 +8,14 @@ and the BatchNorm statistics that moved), the strategy, and the sha256 of the so
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
 
 from custom.checkpoints import atomic_save, load_state_dict, sha256
+from custom.freeze import strategy_name
 
 __all__ = ["AdapterError", "AdapterSaver", "apply_adapter", "load_adapted", "make_adapter", "save_adapter"]
 
@@ -39,12 +41,18 @@ def make_adapter(state: dict[str, torch.Tensor], source_state: dict[str, torch.T
     }
 
 
-def save_adapter(network: torch.nn.Module, source_weights: str | Path, path: str | Path, strategy: str = "") -> Path:
-    """Write the adapter of ``network`` against the source weights file ``source_weights``."""
+def save_adapter(network: torch.nn.Module, source_weights: str | Path, path: str | Path,
+                 strategy: str | Sequence[str] = "") -> Path:
+    """Write the adapter of ``network`` against the source weights file ``source_weights``.
+
+    It holds every trainable parameter of the strategy (changed or not) and every other state entry that differs
+    from the source (the BatchNorm statistics that moved); ``strategy`` is recorded as text (``"down1,down2"``).
+    """
     net = getattr(network, "module", network)  # unwrap DistributedDataParallel
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     entries = make_adapter(net.state_dict(), load_state_dict(source_weights), trainable)
-    adapter = {"format": FORMAT, "strategy": str(strategy), "source_sha256": sha256(source_weights), "state": entries}
+    adapter = {"format": FORMAT, "strategy": strategy_name(strategy), "source_sha256": sha256(source_weights),
+               "state": entries}
     atomic_save(adapter, path, compact=True)
     size = sum(v.numel() for v in entries.values())
     logger.info("saved adapter %s: %d tensors, %d values (strategy %s)", path, len(entries), size, strategy)
@@ -95,7 +103,7 @@ def load_adapted(network: torch.nn.Module, source_weights: str | Path, adapter_p
 class AdapterSaver:
     """Write the adapter when fine-tuning COMPLETES (never after a crash), next to the full fine-tuned model."""
 
-    def __init__(self, network: torch.nn.Module, source_weights: str, path: str, strategy: str = ""):
+    def __init__(self, network: torch.nn.Module, source_weights: str, path: str, strategy: str | Sequence[str] = ""):
         self.network, self.source_weights, self.path, self.strategy = network, source_weights, path, strategy
 
     def attach(self, engine: Engine) -> None:

@@ -5,9 +5,9 @@ so MONAI Label, tests and library users are untouched. It does two things there:
 
 * an option that no config file defines (``--max_epoch 5`` for ``--max_epochs``) stops the run with a one-line
   error, instead of becoming a silently ignored new config id;
-* a bad input (a corrupt or missing file, NaN voxels, an empty mask, a wrong adapter, ...) ends the run with one
-  line naming the file and the problem (exit code 2) instead of a page of traceback; the engines' own error logs
-  of that exception are silenced too. Set ``BUNDLE_TRACEBACK=1`` to see the traceback.
+* a bad input (a corrupt or missing file, NaN voxels, an empty mask, a wrong adapter, an unknown strategy, ...)
+  ends the run with one line naming the file and the problem (exit code 2) instead of a page of traceback; the
+  engines' own error logs of that exception are silenced too. Set ``BUNDLE_TRACEBACK=1`` to see the traceback.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ def _own_error_types() -> tuple[type[BaseException], ...]:
     from custom.cc359 import DatasetError
     from custom.checkpoints import WeightsError
     from custom.export import WeightsHashError
+    from custom.freeze import StrategyError
     from custom.storage import OutputError
     from custom.transforms import InputError
 
-    return InputError, DatasetError, AdapterError, WeightsHashError, WeightsError, OutputError
+    return InputError, DatasetError, AdapterError, WeightsHashError, WeightsError, OutputError, StrategyError
 
 
 def _storage_error(exc: BaseException) -> bool:

@@ -316,6 +316,7 @@ def preprocessing(
     load: bool = True,
     keep_original: str | None = None,
     divisible_by: int = 8,
+    histogram_reference=None,
 ) -> Compose:
     """The paper's preprocessing for ``keys`` (the first is the image; a second, if any, is its brain mask).
 
@@ -328,6 +329,8 @@ def preprocessing(
             same spline as the image, as the paper's code).
         load: start by reading files (``False`` when the dict already holds tensors).
         keep_original: also keep the loaded, checked image under this key (e.g. to skull-strip it later).
+        histogram_reference: a source-domain intensity reference (``custom.histogram``; a JSON file or the object):
+            match the scaled image's foreground to it. Empty or None: off.
         divisible_by: centre-pad each slice (the first two axes) to a multiple of this, with 0 = the scaled image's
             minimum, so whole slices fit the U-Net; inverted with everything else.
     """
@@ -350,6 +353,10 @@ def preprocessing(
     steps.append(
         ScaleIntensityRangePercentilesd(image_key, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
     )
+    if histogram_reference is not None and str(histogram_reference).strip():
+        from custom.histogram import HistogramMatchd
+
+        steps.append(HistogramMatchd(image_key, histogram_reference))
     if divisible_by > 1:
         steps.append(DivisiblePadd(keys, k=(divisible_by, divisible_by, 1), mode="constant", method="symmetric"))
     return Compose(steps)
