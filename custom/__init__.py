@@ -10,8 +10,8 @@ import importlib
 from custom import bundle_cli
 
 __all__ = [
-    "adapters", "bundle_cli", "cc359", "checkpoints", "data", "export", "freeze", "handlers", "inference", "metrics",
-    "networks", "options", "precision", "splits", "transforms",
+    "adabn", "adapters", "bundle_cli", "cc359", "checkpoints", "data", "export", "freeze", "handlers", "histogram",
+    "inference", "metrics", "networks", "options", "precision", "splits", "transforms",
 ]
 
 
