@@ -11,7 +11,7 @@ from custom import bundle_cli
 
 __all__ = [
     "adapters", "bundle_cli", "cc359", "checkpoints", "data", "export", "freeze", "handlers", "inference", "metrics",
-    "networks", "options", "precision", "splits", "transforms",
+    "networks", "options", "precision", "splits", "spottune", "transforms",
 ]
 
 
