@@ -11,7 +11,7 @@ from custom import bundle_cli
 
 __all__ = [
     "adabn", "adapters", "bundle_cli", "cc359", "checkpoints", "data", "export", "freeze", "handlers", "histogram",
-    "inference", "metrics", "networks", "options", "precision", "splits", "transforms",
+    "inference", "metrics", "networks", "options", "precision", "splits", "spottune", "transforms",
 ]
 
 

@@ -3,10 +3,15 @@
 An adapter holds the fine-tuned values of every state entry that differs from the source (the trainable parameters
 and the BatchNorm statistics that moved), the strategy, and the sha256 of the source weights file. Source weights
 + adapter reproduce the fine-tuned model bit for bit; any other source weights are refused.
+
+A network laid out otherwise than the source (SpotTUnet: two copies of every block and a policy) names its
+``ADAPTER_LAYOUT``; the layout's module expands source weights to the network's keys (``expand_source_state``), and
+entries under its ``OWN_PREFIX`` (the policy), which the source lacks, are always part of the adapter.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +25,7 @@ from custom.freeze import strategy_name
 __all__ = ["AdapterError", "AdapterSaver", "apply_adapter", "load_adapted", "make_adapter", "save_adapter"]
 
 FORMAT = "brain-extraction-adapter/1"
+LAYOUTS = {"spottune": "custom.spottune.network"}  # ADAPTER_LAYOUT -> module with expand_source_state, OWN_PREFIX
 logger = logging.getLogger(__name__)
 
 
@@ -30,15 +36,22 @@ class AdapterError(ValueError):
 def make_adapter(state: dict[str, torch.Tensor], source_state: dict[str, torch.Tensor],
                  trainable: set[str] | None = None) -> dict[str, torch.Tensor]:
     """The entries of ``state`` that differ from ``source_state`` (plus every ``trainable`` one), as CPU tensors."""
-    if set(state) != set(source_state):
-        missing, extra = sorted(set(source_state) - set(state)), sorted(set(state) - set(source_state))
-        raise AdapterError(f"the fine-tuned and source networks differ: missing {missing[:3]}, extra {extra[:3]}")
     trainable = trainable or set()
+    if set(state) - trainable != set(source_state):
+        missing, extra = sorted(set(source_state) - set(state)), sorted(set(state) - set(source_state) - trainable)
+        raise AdapterError(f"the fine-tuned and source networks differ: missing {missing[:3]}, extra {extra[:3]}")
     return {
         k: v.detach().cpu().clone()
         for k, v in state.items()
         if k in trainable or not torch.equal(v.detach().cpu(), source_state[k].cpu())
     }
+
+
+def _layout(name: str):
+    """The module that maps source weights onto a network of layout ``name`` (``""``: the source's own layout)."""
+    if name not in LAYOUTS:
+        raise AdapterError(f"unknown adapter layout {name!r}; known: {sorted(LAYOUTS)}")
+    return importlib.import_module(LAYOUTS[name])
 
 
 def save_adapter(network: torch.nn.Module, source_weights: str | Path, path: str | Path,
@@ -47,12 +60,21 @@ def save_adapter(network: torch.nn.Module, source_weights: str | Path, path: str
 
     It holds every trainable parameter of the strategy (changed or not) and every other state entry that differs
     from the source (the BatchNorm statistics that moved); ``strategy`` is recorded as text (``"down1,down2"``).
+    A network with an ``ADAPTER_LAYOUT`` (SpotTUnet) is compared with the source weights mapped onto its layout.
     """
     net = getattr(network, "module", network)  # unwrap DistributedDataParallel
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
-    entries = make_adapter(net.state_dict(), load_state_dict(source_weights), trainable)
+    source, layout = load_state_dict(source_weights), getattr(net, "ADAPTER_LAYOUT", "")
+    if layout:
+        mapping = _layout(layout)
+        source = mapping.expand_source_state(source)
+        # only what moved: a block copy the policy never ran in training kept the source's values
+        trainable = {k for k in net.state_dict() if k.startswith(mapping.OWN_PREFIX)}
+    entries = make_adapter(net.state_dict(), source, trainable)
     adapter = {"format": FORMAT, "strategy": strategy_name(strategy), "source_sha256": sha256(source_weights),
                "state": entries}
+    if layout:
+        adapter["layout"] = layout
     atomic_save(adapter, path, compact=True)
     size = sum(v.numel() for v in entries.values())
     logger.info("saved adapter %s: %d tensors, %d values (strategy %s)", path, len(entries), size, strategy)
@@ -87,7 +109,11 @@ def apply_adapter(source_weights: str | Path, adapter_path: str | Path) -> dict[
             f"but {source_weights} has {digest[:12]}…"
         )
     state = load_state_dict(source_weights)
-    unknown = sorted(set(adapter["state"]) - set(state))
+    own = ()
+    if adapter.get("layout"):
+        mapping = _layout(adapter["layout"])
+        state, own = mapping.expand_source_state(state), (mapping.OWN_PREFIX,)
+    unknown = sorted(k for k in set(adapter["state"]) - set(state) if not k.startswith(own))
     if unknown:
         raise AdapterError(f"{adapter_path}: entries {unknown[:3]} are not in the source weights")
     state.update(adapter["state"])

@@ -5,7 +5,9 @@ logging, the license and the source weights; ``scripts/bundle_templates/finetune
 Every bundle's metadata records the sha256 of the weights it ships (``shipped_weights_sha256``) and of the weights
 it holds (``weights_sha256``, checked before each use): after replacing the shipped weights, run this script.
 Each fine-tuning bundle differs only in its ``strategy`` (``FINETUNE_BUNDLES`` below) and its own metadata, docs
-and fine-tuned weights. Every bundle folder is self-contained (real files, no links): copied alone it can train,
+and fine-tuned weights. The SpotTUnet bundle (``SPOTTUNE_BUNDLE``) takes its training from
+``scripts/bundle_templates/spottune_train.yaml`` and the source's inference with its network swapped
+(``NETWORK_SWAP``). Every bundle folder is self-contained (real files, no links): copied alone it can train,
 evaluate and infer, and MONAI Label or the model zoo can take it as it is.
 
 Usage::
@@ -30,6 +32,9 @@ FINETUNE_BUNDLES = {
     "brain_extraction_last_layers": "last",
     "brain_extraction_full": "full",
 }
+SPOTTUNE_BUNDLE = "brain_extraction_spottune"
+SPOTTUNE_TEMPLATE = TEMPLATE.with_name("spottune_train.yaml")
+NETWORK_SWAP = ("  _target_: custom.networks.UNet2D\n", "  _target_: custom.spottune.SpotTUNet\n")  # inference.yaml
 SHARED = ("configs/inference.yaml", "configs/evaluate.yaml", "configs/multi_gpu_train.yaml", "configs/logging.conf")
 COPIED = ("LICENSE", "docs/data_license.txt")
 SOURCE_WEIGHTS = ("models/model.pt", "models/source_model.pt")
@@ -49,18 +54,24 @@ def expected_files() -> dict[Path, bytes]:
     if template.count(PLACEHOLDER) != 1:
         raise ValueError(f"{TEMPLATE}: needs exactly one line {PLACEHOLDER!r}")
     out: dict[Path, bytes] = {}
-    for name, strategy in FINETUNE_BUNDLES.items():
+    trains = {name: ("finetune_train.yaml", template.replace(PLACEHOLDER, f"strategy: {strategy}"))
+              for name, strategy in FINETUNE_BUNDLES.items()}
+    trains[SPOTTUNE_BUNDLE] = (SPOTTUNE_TEMPLATE.name, SPOTTUNE_TEMPLATE.read_text())
+    for name, (origin, train) in trains.items():
         bundle = BUNDLES / name
-        train = template.replace(PLACEHOLDER, f"strategy: {strategy}")
-        header = _generated_header("scripts/bundle_templates/finetune_train.yaml")
+        header = _generated_header(f"scripts/bundle_templates/{origin}")
         out[bundle / "configs" / "train.yaml"] = (header + train).encode()
         for rel in SHARED:
             text = (SOURCE / rel).read_text()
+            if name == SPOTTUNE_BUNDLE and rel == "configs/inference.yaml":
+                if text.count(NETWORK_SWAP[0]) != 1:
+                    raise ValueError(f"{SOURCE / rel}: needs exactly one line {NETWORK_SWAP[0].strip()!r}")
+                text = text.replace(*NETWORK_SWAP)
             out[bundle / rel] = (_generated_header(f"bundles/{SOURCE.name}/{rel}") + text).encode()
         for rel in COPIED:
             out[bundle / rel] = (SOURCE / rel).read_bytes()
         out[bundle / SOURCE_WEIGHTS[1]] = (SOURCE / SOURCE_WEIGHTS[0]).read_bytes()
-    for bundle in [SOURCE, *(BUNDLES / name for name in FINETUNE_BUNDLES)]:
+    for bundle in [SOURCE, *(BUNDLES / name for name in trains)]:
         weights = {rel: out.get(bundle / rel) or (bundle / rel).read_bytes() for rel in WEIGHTS
                    if bundle / rel in out or (bundle / rel).is_file()}
         meta = json.loads((bundle / "configs" / "metadata.json").read_text())
