@@ -37,8 +37,9 @@ def make_adapter(state: dict[str, torch.Tensor], source_state: dict[str, torch.T
                  trainable: set[str] | None = None) -> dict[str, torch.Tensor]:
     """The entries of ``state`` that differ from ``source_state`` (plus every ``trainable`` one), as CPU tensors."""
     trainable = trainable or set()
-    if set(state) - trainable != set(source_state):
-        missing, extra = sorted(set(source_state) - set(state)), sorted(set(state) - set(source_state) - trainable)
+    # every source entry must be there; only trainable entries (a SpotTUnet policy) may be new
+    missing, extra = sorted(set(source_state) - set(state)), sorted(set(state) - set(source_state) - trainable)
+    if missing or extra:
         raise AdapterError(f"the fine-tuned and source networks differ: missing {missing[:3]}, extra {extra[:3]}")
     return {
         k: v.detach().cpu().clone()
