@@ -82,7 +82,7 @@ def _ensure_data(data_dir: Path, profile: experiment.Profile) -> None:
         return
     if not profile.demo_subjects:
         raise UsageError(f"data dir {data_dir} does not exist or is empty (the {profile.name} profile needs CC359)")
-    from scripts.make_demo_data import make_demo_data
+    from custom.demo_data import make_demo_data
 
     print(f"reproduce: generating the demo data ({profile.demo_subjects} subjects per domain) in {data_dir}",
           file=sys.stderr)

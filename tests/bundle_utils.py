@@ -30,7 +30,7 @@ FAST = {"spacing": [4.0, 3.8, 3.8], "roi_size": [32, 32], "iterations_per_epoch"
 
 def tiny_dataset(folder: Path) -> Path:
     """Two subjects per demo scanner, CC359 layout (small resolution)."""
-    from scripts.make_demo_data import make_demo_data
+    from custom.demo_data import make_demo_data
 
     make_demo_data(output_dir=str(folder), n_subjects=2, seed=3)
     return folder

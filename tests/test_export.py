@@ -99,7 +99,7 @@ def repo(tmp_path_factory, volume):
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory):
-    from scripts.make_demo_data import make_demo_data
+    from custom.demo_data import make_demo_data
 
     data = make_demo_data(str(tmp_path_factory.mktemp("demo") / "data"), n_subjects=1, seed=0, verbose=False)
     inputs = tmp_path_factory.mktemp("inputs")

@@ -119,7 +119,7 @@ def _slab(image: Path, mask: Path, n: int, studies: Path, truth: Path) -> tuple[
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory) -> Studies:
-    from scripts.make_demo_data import make_demo_data
+    from custom.demo_data import make_demo_data
 
     root = tmp_path_factory.mktemp("monailabel")
     demo = make_demo_data(str(root / "demo"), n_subjects=3, seed=0, resolution="small", verbose=False)

@@ -50,7 +50,7 @@ CELLS = [
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from scripts.make_demo_data import make_demo_data
+    from custom.demo_data import make_demo_data
 
     return make_demo_data(str(tmp_path_factory.mktemp("data") / "demo"), n_subjects=2, seed=3, verbose=False)
 
