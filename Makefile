@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/reproduce.py --profile demo --data_dir demo_data --output_dir results/demo
+	$(VENV)/bin/brain-extraction-reproduce --profile demo --data_dir demo_data --output_dir results/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

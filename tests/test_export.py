@@ -196,7 +196,7 @@ def test_zip_layout_and_weight_hashes(repo, name, tmp_path):
     assert {f"configs/{c}" for c in configs} | {"LICENSE", "configs/metadata.json"} <= set(files)
     assert {"custom/__init__.py", "custom/export.py", "custom/networks.py", "custom/transforms.py",
             "custom/adapters.py"} <= set(files)
-    assert "custom/experiment.py" not in files  # only the code the configs need
+    assert not any(n.startswith(("custom/reproduction", "custom/demo_data")) for n in files)  # only what configs use
     for doc in (p for p in (bundle / "docs").rglob("*") if p.is_file()):
         assert files[f"docs/{doc.relative_to(bundle / 'docs').as_posix()}"] == doc.read_bytes()
     models = {n for n in files if n.startswith("models/")}

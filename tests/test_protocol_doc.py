@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from custom import experiment as E
 from custom import splits
+from custom.reproduction import profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "PROTOCOL.md"
@@ -53,17 +53,17 @@ def render(value) -> str:
     return str(value)
 
 
-def setting(profile: E.Profile, key: str) -> str:
+def setting(profile: profiles.Profile, key: str) -> str:
     from monai.bundle import ConfigParser
 
     kind, files, config_id = SETTINGS[key]
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
-    parser.update(E.profile_overrides(profile, kind))
+    parser.update(profiles.profile_overrides(profile, kind))
     return render(parser.get_parsed_content(config_id))
 
 
-def profile_values(profile: E.Profile) -> dict[str, str]:
+def profile_values(profile: profiles.Profile) -> dict[str, str]:
     values = {key: setting(profile, key) for key in SETTINGS}
     values["validation scans per source"] = render(profile.n_val)
     values["validation scans per oracle fold"] = render(
@@ -87,7 +87,7 @@ def doc_rows() -> dict[str, dict[str, str]]:
 
 def test_the_protocol_document_is_in_the_repository_and_cited_by_path():
     assert DOC.is_file()
-    for path in [*ROOT.glob("custom/*.py"), *ROOT.glob("scripts/*.py"), ROOT / "README.md"]:
+    for path in [*ROOT.glob("custom/**/*.py"), *ROOT.glob("scripts/*.py"), ROOT / "README.md"]:
         for match in re.finditer(r"(\S*)PROTOCOL\.md", path.read_text()):
             assert match.group(1).endswith("docs/"), f"{path.name} cites {match.group(0)}"
 
@@ -98,20 +98,20 @@ def rows():
 
 
 def test_every_setting_has_a_row(rows):
-    assert set(profile_values(E.PAPER)) <= set(rows), set(profile_values(E.PAPER)) - set(rows)
+    assert set(profile_values(profiles.PAPER)) <= set(rows), set(profile_values(profiles.PAPER)) - set(rows)
 
 
 @pytest.mark.parametrize("profile", ["paper", "demo"])
 def test_rows_hold_the_profiles_values(rows, profile):
-    values = profile_values(E.PROFILES[profile])
+    values = profile_values(profiles.PROFILES[profile])
     wrong = {k: (rows[k][profile], v) for k, v in values.items() if rows[k][profile] != v}
     assert not wrong, f"docs/PROTOCOL.md (documented, actual) for --profile {profile}: {wrong}"
 
 
 def test_the_paper_profile_has_the_authors_values(rows):
-    values = profile_values(E.PAPER)
+    values = profile_values(profiles.PAPER)
     assert {k: rows[k]["authors"] for k in values} == values
-    assert E.shortened(E.PAPER) == []
+    assert profiles.shortened(profiles.PAPER) == []
 
 
 def test_set_by_names_the_config_key(rows):

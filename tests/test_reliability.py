@@ -75,7 +75,7 @@ def _inputs(folder: Path) -> Path:
 
 def test_every_atomic_output_is_readable_as_the_umask_allows(tmp_path):
     from custom.cc359 import write_meta_csv
-    from custom.experiment import _atomic_write
+    from custom.reproduction.records import write_json
     from custom.splits import write_datalist
 
     old = os.umask(0o022)
@@ -86,8 +86,8 @@ def test_every_atomic_output_is_readable_as_the_umask_allows(tmp_path):
             write_datalist({"training": []}, tmp_path / "datalist.json"),
             write_meta_csv([], tmp_path / "meta.csv"),
         ]
-        _atomic_write(tmp_path / "summary.md", "# summary\n")
-        written.append(tmp_path / "summary.md")
+        write_json(tmp_path / "done.json", {"cell": "train/baseline/siemens_15"})
+        written.append(tmp_path / "done.json")
     finally:
         os.umask(old)
     for path in written:

@@ -1,4 +1,4 @@
-"""custom.stats on hand-made result tables: sign test, winners and ties, win counts, gap closed, matrices."""
+"""custom.reproduction.stats on hand-made result tables: sign test, winners, ties, win counts, gap closed, matrices."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 from scipy.stats import binomtest
 
-from custom.stats import (
+from custom.reproduction.stats import (
     baseline_matrix,
     gap_closed,
     gap_closed_summary,
@@ -211,7 +211,7 @@ def test_empty_metric_values_are_nan_and_skipped():
 def test_sign_test_on_the_per_scan_gap_closed():
     """The authors' quantity: (ft_i - base_i) / (oracle_i - base_i); a scan with the oracle below the baseline
     flips the sign of the comparison, one with oracle == baseline is dropped."""
-    from custom import stats
+    from custom.reproduction import stats
 
     base = {"a": 0.2, "b": 0.2, "c": 0.6, "d": 0.5}
     oracle = {"a": 0.8, "b": 0.9, "c": 0.4, "d": 0.5}
