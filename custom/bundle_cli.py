@@ -1,7 +1,8 @@
 """Plain errors for ``python -m monai.bundle run`` on these bundles.
 
-Imported by the bundle configs (``$import custom``); active only when the process IS the MONAI bundle command line,
-so MONAI Label, tests and library users are untouched. It does two things there:
+The bundle configs call ``install()`` first in ``initialize`` (importing ``custom`` changes nothing); it acts only
+when the process IS the MONAI bundle command line, so MONAI Label, tests and library users are untouched. It does two
+things there:
 
 * an option that no config file defines (``--max_epoch 5`` for ``--max_epochs``) stops the run with a one-line
   error, instead of becoming a silently ignored new config id;

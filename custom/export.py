@@ -266,7 +266,9 @@ def _export_config(name: str, config: dict, adapter_only: bool, finetune: bool) 
             raise ExportError(f"configs/{name}: still refers to @model_path, which an adapter-only bundle lacks")
     if is_root and stem == "inference" and isinstance(config.get("initialize"), list):
         check = f"$@{EXPORT_ID}.verify_bundle(@bundle_root)"
-        config["initialize"] = [check, *[v for v in config["initialize"] if v != check]]
+        steps = [v for v in config["initialize"] if v != check]
+        first = 1 if steps and isinstance(steps[0], str) and "bundle_cli.install()" in steps[0] else 0
+        config["initialize"] = [*steps[:first], check, *steps[first:]]  # after the one-line errors are on
     return config
 
 

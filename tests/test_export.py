@@ -220,7 +220,8 @@ def test_zip_layout_and_weight_hashes(repo, name, tmp_path):
         for expr in expressions(yaml.safe_load(text)):  # every use of the code goes through @custom_code
             assert not re.search(r"(?<![\w.@'\"])custom\.", expr), (config, expr)
     inference = yaml.safe_load(files["configs/inference.yaml"])
-    assert inference["initialize"][0] == "$@custom_export.verify_bundle(@bundle_root)"
+    assert inference["initialize"][:2] == ["$@custom_code.bundle_cli.install()",
+                                           "$@custom_export.verify_bundle(@bundle_root)"]
     assert "custom_export.verified" in inference["model_path"]
 
 
