@@ -8,8 +8,8 @@ the package changes nothing else: the configs turn on the command line's one-lin
 import importlib
 
 __all__ = [
-    "adabn", "adapters", "bundle_cli", "cc359", "checkpoints", "data", "export", "freeze", "handlers", "histogram",
-    "inference", "metrics", "networks", "options", "precision", "splits", "spottune", "transforms",
+    "adabn", "adapters", "bundle_cli", "cc359", "checkpoints", "data", "freeze", "handlers", "histogram", "inference",
+    "metrics", "networks", "options", "packaging", "precision", "splits", "spottune", "transforms", "weights",
 ]
 
 

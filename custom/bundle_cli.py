@@ -33,10 +33,10 @@ def _own_error_types() -> tuple[type[BaseException], ...]:
     from custom.adapters import AdapterError
     from custom.cc359 import DatasetError
     from custom.checkpoints import WeightsError
-    from custom.export import WeightsHashError
     from custom.freeze import StrategyError
     from custom.storage import OutputError
     from custom.transforms import InputError
+    from custom.weights import WeightsHashError
 
     return InputError, DatasetError, AdapterError, WeightsHashError, WeightsError, OutputError, StrategyError
 

@@ -153,7 +153,7 @@ class FinalModelSaver:
 
     With ``provenance`` (what the run was made from: datalist, recipe, strategy, initial weights), also write
     ``<model>.provenance.json`` beside it: that dict with file paths and the datalist replaced by their sha256, plus
-    the model's own sha256, the epochs run and the finishing time. Exports read it (``custom.export``).
+    the model's own sha256, the epochs run and the finishing time. Exports read it (``custom.packaging``).
     """
 
     def __init__(self, network: torch.nn.Module, path: str, provenance: dict | None = None):

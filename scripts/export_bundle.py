@@ -18,7 +18,8 @@ the zip in ``<output without .zip>_large_files/``), ``--overwrite true``.
 
 The zip is built in a temporary folder and renamed into place. Bad input (no such bundle, missing weights, an
 adapter made for other source weights, an unknown option, an existing output): one line
-``export_bundle: error: ...`` on stderr, exit 2, nothing written. See ``custom/export.py`` for the layout.
+``export_bundle: error: ...`` on stderr, exit 2, nothing written. See ``custom/packaging/__init__.py`` for the
+layout.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from custom.export import main  # noqa: E402
+from custom.packaging.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -25,9 +25,10 @@ from monai.bundle import ConfigParser, ConfigWorkflow, download_large_files, ver
 
 from custom.adapters import save_adapter
 from custom.checkpoints import atomic_save, record_weights
-from custom.export import HASH_KEY, WeightsHashError, export_bundle, main, verified, verify_bundle
 from custom.inference import SliceBatchInferer
 from custom.networks import UNet2D
+from custom.packaging import export_bundle, main
+from custom.weights import HASH_KEY, WeightsHashError, verified, verify_bundle
 from tests.bundle_utils import ALL_BUNDLES, FAST, FINETUNE, ROOT, SCHEMA, SOURCE, copy_bundle
 
 SCRIPT = ROOT / "scripts" / "export_bundle.py"
@@ -194,9 +195,10 @@ def test_zip_layout_and_weight_hashes(repo, name, tmp_path):
         assert all(n.startswith(f"{name}/") for n in zf.namelist())
     configs = {"inference.yaml", "evaluate.yaml", "train.yaml", "multi_gpu_train.yaml", "logging.conf"}
     assert {f"configs/{c}" for c in configs} | {"LICENSE", "configs/metadata.json"} <= set(files)
-    assert {"custom/__init__.py", "custom/export.py", "custom/networks.py", "custom/transforms.py",
+    assert {"custom/__init__.py", "custom/weights.py", "custom/networks.py", "custom/transforms.py",
             "custom/adapters.py"} <= set(files)
-    assert not any(n.startswith(("custom/reproduction", "custom/demo_data")) for n in files)  # only what configs use
+    # only what the configs use: not the packaging code, nor the other subpackages
+    assert not any(n.startswith(("custom/packaging", "custom/reproduction", "custom/demo_data")) for n in files)
     for doc in (p for p in (bundle / "docs").rglob("*") if p.is_file()):
         assert files[f"docs/{doc.relative_to(bundle / 'docs').as_posix()}"] == doc.read_bytes()
     models = {n for n in files if n.startswith("models/")}
@@ -221,8 +223,8 @@ def test_zip_layout_and_weight_hashes(repo, name, tmp_path):
             assert not re.search(r"(?<![\w.@'\"])custom\.", expr), (config, expr)
     inference = yaml.safe_load(files["configs/inference.yaml"])
     assert inference["initialize"][:2] == ["$@custom_code.bundle_cli.install()",
-                                           "$@custom_export.verify_bundle(@bundle_root)"]
-    assert "custom_export.verified" in inference["model_path"]
+                                           "$@custom_weights.verify_bundle(@bundle_root)"]
+    assert "custom_weights.verified" in inference["model_path"]
 
 
 # ---- adapter-only bundles -------------------------------------------------------------------------------------

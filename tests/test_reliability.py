@@ -328,7 +328,7 @@ def test_a_source_model_replaced_by_a_link_to_other_weights_is_refused(tmp_path)
 
 
 def test_exported_bundle_checks_a_linked_weight_file(tmp_path):
-    from custom.export import WeightsHashError, verified
+    from custom.weights import WeightsHashError, verified
 
     bundle = copy_bundle(ALL_BUNDLES[1], tmp_path)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
