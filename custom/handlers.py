@@ -285,6 +285,8 @@ class CommitOnCompletion:
             for path in staged:
                 target = self.output_dir / path.relative_to(staging)
                 target.parent.mkdir(parents=True, exist_ok=True)
+                # a move, not a write: each staged file is complete and checked, and a rename within the output
+                # folder commits it without copying it again (as atomic_write would)
                 os.replace(path, target)
             shutil.rmtree(staging)
         self._sweep_stale()

@@ -40,7 +40,7 @@ COPIED = ("LICENSE", "docs/data_license.txt")
 SOURCE_WEIGHTS = ("models/model.pt", "models/source_model.pt")
 PLACEHOLDER = "strategy: {strategy}"
 WEIGHTS = ("models/model.pt", "models/adapter.pt", "models/source_model.pt")
-SHIPPED_KEY = "shipped_weights_sha256"  # custom.export: weights with other hashes were trained by their user
+SHIPPED_KEY = "shipped_weights_sha256"  # custom.packaging: weights with other hashes were trained by their user
 HASH_KEY = "weights_sha256"  # the weights the bundle holds: every load checks them, its own training re-records them
 
 
@@ -88,15 +88,16 @@ def stale() -> list[Path]:
 
 def sync() -> list[Path]:
     """Rewrite the stale files; returns them."""
+    from custom.checkpoints import atomic_write
+
     changed = stale()
     files = expected_files()
     for path in changed:
         if path.is_symlink():
             path.unlink()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(files[path])
-        tmp.replace(path)
+        data = files[path]
+        atomic_write(path, lambda tmp, data=data: Path(tmp).write_bytes(data),
+                     verify=lambda tmp, data=data: Path(tmp).read_bytes() == data)
     return changed
 
 
