@@ -1,4 +1,5 @@
-"""Segmentation metrics of the paper: Dice and surface Dice, plus the MONAI metric and handler that wrap them.
+"""Segmentation metrics of the paper: Dice and surface Dice, plus the MONAI metric (``BinarySurfaceDiceMetric``) and
+handler (``SurfaceDice``) that wrap them.
 
 ``surface_dice`` is the surface Dice (normalised surface distance) of Nikolov et al. (2018) and gives the same
 number as DeepMind's reference package ``surface-distance``::
@@ -42,7 +43,7 @@ from monai.utils import MetricReduction
 from scipy import ndimage
 from surface_distance import lookup_tables
 
-__all__ = ["SurfaceDice", "SurfaceDiceMetric", "dice", "surface_dice"]
+__all__ = ["BinarySurfaceDiceMetric", "SurfaceDice", "dice", "surface_dice"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -321,7 +322,7 @@ def _item_spacings(
     """Spacing of each batch item: the label's metadata, or the prediction's where the label's is default."""
     sources = [m for m in (_spacing_from_meta(t, batch_size, ndim) for t in (y, y_pred)) if m is not None]
     if not sources:
-        raise ValueError("SurfaceDiceMetric reads the voxel spacing from MetaTensors, got plain tensors")
+        raise ValueError("BinarySurfaceDiceMetric reads the voxel spacing from MetaTensors, got plain tensors")
     spacings = []
     for b in range(batch_size):
         candidates = [source[b] for source in sources]
@@ -329,8 +330,13 @@ def _item_spacings(
     return spacings
 
 
-class SurfaceDiceMetric(CumulativeIterationMetric):
-    """Per-volume surface Dice at ``tolerance`` mm, cumulated over iterations like MONAI's ``DiceMetric``.
+class BinarySurfaceDiceMetric(CumulativeIterationMetric):
+    """Per-volume surface Dice of binary masks at ``tolerance`` mm, cumulated over iterations like MONAI's
+    ``DiceMetric``.
+
+    Not ``monai.metrics.SurfaceDiceMetric``, which takes one-hot classes with a threshold per class and, by default,
+    counts boundary voxels: this one weighs each surface element by its area, as ``surface_dice`` (and the
+    ``surface-distance`` package) do.
 
     Inputs are binary masks: batch-first, channel-first tensors ``(B, 1, H, W[, D])`` or lists of
     ``(1, H, W[, D])`` tensors (decollated), of which the label, the prediction or both are MetaTensors: the
@@ -364,7 +370,7 @@ class SurfaceDiceMetric(CumulativeIterationMetric):
         **kwargs: Any,
     ) -> torch.Tensor:
         if y is None:
-            raise ValueError("SurfaceDiceMetric needs both y_pred and y")
+            raise ValueError("BinarySurfaceDiceMetric needs both y_pred and y")
         if y_pred.shape != y.shape:
             shapes = f"{tuple(y_pred.shape)} and {tuple(y.shape)}"
             raise ValueError(f"y_pred and y must have the same shape, got {shapes}")
@@ -410,5 +416,5 @@ class SurfaceDice(IgniteMetricHandler):
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
     ) -> None:
-        metric_fn = SurfaceDiceMetric(tolerance=tolerance, reduction=reduction)
+        metric_fn = BinarySurfaceDiceMetric(tolerance=tolerance, reduction=reduction)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)

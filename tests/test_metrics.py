@@ -13,7 +13,7 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import IgniteMetricHandler, from_engine
 from scipy import ndimage
 
-from custom.metrics import SurfaceDice, SurfaceDiceMetric, dice, surface_dice
+from custom.metrics import BinarySurfaceDiceMetric, SurfaceDice, dice, surface_dice
 
 TOLERANCES = (0.0, 0.5, 1.0, 2.0, 3.0)
 SPACINGS_3D = ((1.0, 1.0, 1.0), (1.33, 1.0, 1.0), (0.5, 2.0, 0.9))
@@ -217,7 +217,7 @@ def test_dice_by_hand():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# SurfaceDiceMetric and the SurfaceDice handler
+# BinarySurfaceDiceMetric and the SurfaceDice handler
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -255,7 +255,7 @@ def test_metric_reads_spacing_per_item(volumes):
     assert want[0] != pytest.approx(want[1], abs=1e-3)  # same arrays, two spacings, two answers
 
     # decollated lists of (1, H, W, D) MetaTensors
-    metric = SurfaceDiceMetric(tolerance=1.0)
+    metric = BinarySurfaceDiceMetric(tolerance=1.0)
     got = metric(
         [as_meta(pred, SPACING_A), as_meta(pred, SPACING_B)],
         [as_meta(label, SPACING_A), as_meta(label, SPACING_B)],
@@ -270,16 +270,16 @@ def test_metric_reads_spacing_per_item(volumes):
     batch = list_data_collate(
         [{"pred": as_meta(pred, sp), "label": as_meta(label, sp)} for sp in (SPACING_B, SPACING_A)]
     )
-    got = SurfaceDiceMetric(tolerance=1.0)(batch["pred"], batch["label"])
+    got = BinarySurfaceDiceMetric(tolerance=1.0)(batch["pred"], batch["label"])
     assert got[:, 0].tolist() == pytest.approx(want[::-1], abs=1e-6)
 
     # the label carries only MetaTensor's default identity affine: the prediction's affine is used
     bare_label = MetaTensor(torch.from_numpy(label[None]))
-    got = SurfaceDiceMetric(tolerance=1.0)([as_meta(pred, SPACING_B)], [bare_label])
+    got = BinarySurfaceDiceMetric(tolerance=1.0)([as_meta(pred, SPACING_B)], [bare_label])
     assert got.item() == pytest.approx(want[1], abs=1e-6)
 
     # only the label carries metadata: still read from it
-    got = SurfaceDiceMetric(tolerance=1.0)([torch.from_numpy(pred[None])], [as_meta(label, SPACING_B)])
+    got = BinarySurfaceDiceMetric(tolerance=1.0)([torch.from_numpy(pred[None])], [as_meta(label, SPACING_B)])
     assert got.item() == pytest.approx(want[1], abs=1e-6)
 
 
@@ -287,17 +287,17 @@ def test_metric_pixdim_when_affine_is_default(volumes):
     pred, label = volumes
     nifti_pixdim = torch.tensor([1.0, *SPACING_B, 1.0, 1.0, 1.0, 1.0])
     y = MetaTensor(torch.from_numpy(label[None]), meta={"pixdim": nifti_pixdim})
-    got = SurfaceDiceMetric(tolerance=2.0)([torch.from_numpy(pred[None])], [y])
+    got = BinarySurfaceDiceMetric(tolerance=2.0)([torch.from_numpy(pred[None])], [y])
     assert got.item() == pytest.approx(surface_dice(pred, label, SPACING_B, 2.0), abs=1e-6)
     y = MetaTensor(torch.from_numpy(label[None]), meta={"pixdim": list(SPACING_B)})
-    got = SurfaceDiceMetric(tolerance=2.0)([torch.from_numpy(pred[None])], [y])
+    got = BinarySurfaceDiceMetric(tolerance=2.0)([torch.from_numpy(pred[None])], [y])
     assert got.item() == pytest.approx(surface_dice(pred, label, SPACING_B, 2.0), abs=1e-6)
 
 
 def test_metric_nan_handling_and_reductions(volumes):
     pred, label = volumes
     empty = np.zeros_like(pred)
-    metric = SurfaceDiceMetric(tolerance=1.0, get_not_nans=True)
+    metric = BinarySurfaceDiceMetric(tolerance=1.0, get_not_nans=True)
     metric(
         [as_meta(pred, SPACING_A), as_meta(empty, SPACING_A)],
         [as_meta(label, SPACING_A), as_meta(empty, SPACING_A)],
@@ -317,14 +317,14 @@ def test_metric_invalid_inputs(volumes):
     pred, label = volumes
     plain = torch.from_numpy(pred[None, None])
     with pytest.raises(ValueError, match="MetaTensor"):
-        SurfaceDiceMetric()(plain, plain)
+        BinarySurfaceDiceMetric()(plain, plain)
     two_channels = MetaTensor(torch.zeros(1, 2, 4, 4, 4))
     with pytest.raises(ValueError, match="one channel"):
-        SurfaceDiceMetric()(two_channels, two_channels)
+        BinarySurfaceDiceMetric()(two_channels, two_channels)
     with pytest.raises(ValueError, match="same shape"):
-        SurfaceDiceMetric()(MetaTensor(torch.zeros(1, 1, 4, 4, 4)), MetaTensor(torch.zeros(1, 1, 4, 4, 5)))
+        BinarySurfaceDiceMetric()(MetaTensor(torch.zeros(1, 1, 4, 4, 4)), MetaTensor(torch.zeros(1, 1, 4, 4, 5)))
     with pytest.raises(ValueError, match="tolerance"):
-        SurfaceDiceMetric(tolerance=-1)
+        BinarySurfaceDiceMetric(tolerance=-1)
 
 
 class _Volumes(torch.utils.data.Dataset):
@@ -348,7 +348,7 @@ def test_supervised_evaluator(volumes, use_generic_handler):
 
     if use_generic_handler:
         handler = IgniteMetricHandler(
-            metric_fn=SurfaceDiceMetric(tolerance=1.5), output_transform=from_engine(["pred", "label"])
+            metric_fn=BinarySurfaceDiceMetric(tolerance=1.5), output_transform=from_engine(["pred", "label"])
         )
     else:
         to_pair = from_engine(["pred", "label"])
@@ -385,7 +385,7 @@ def test_cuda_tensors_match_cpu(volumes):
     assert surface_dice(torch.from_numpy(pred).to(cuda), label, SPACING_B) == pytest.approx(
         surface_dice(pred, label, SPACING_B), abs=1e-6
     )
-    metric = SurfaceDiceMetric(tolerance=1.0)
+    metric = BinarySurfaceDiceMetric(tolerance=1.0)
     got = metric([as_meta(pred, SPACING_B).to(cuda)], [as_meta(label, SPACING_B).to(cuda)])
     assert got.device.type == "cuda"
     assert got.item() == pytest.approx(surface_dice(pred, label, SPACING_B), abs=1e-6)
