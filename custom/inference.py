@@ -14,8 +14,10 @@ class SliceBatchInferer(Inferer):
     per forward pass, on the whole slice (its sides must suit the network: the preprocessing pads them to a
     multiple of 8).
 
-    Unlike ``monai.inferers.SliceInferer``, which runs a sliding window per slice, the slices are stacked into the
-    batch axis: one forward per ``batch_size`` slices, in channels-last memory layout (faster on CPU and GPU).
+    ``monai.inferers.SliceInferer`` is a ``SlidingWindowInferer`` with one-slice-thick windows: it cuts every slice
+    into ``roi_size`` windows (overlapping by ``overlap``, padded where needed), ``sw_batch_size`` windows per
+    forward, and blends their outputs. Here each whole slice is one input, stacked into the batch axis as it is (no
+    windows, padding or blending), in channels-last memory layout (faster on CPU and GPU).
     """
 
     def __init__(self, spatial_dim: int = 2, batch_size: int = 32, channels_last: bool = True):

@@ -1,9 +1,12 @@
 """The paper's 2D residual U-Net (Shirokikh et al., DART 2020), with the authors' module layout.
 
 The modules sit at the same indices as in the authors' definition, including the parameter-free dropout
-placeholders (``nn.Identity``) after each down-sampling and up-sampling, so a state dict saved by their code
-loads strictly here and their freezing prefixes apply as they are: "first layers" are ``init_path.0`` +
-``init_path.2``, "last layers" are ``out_path``; the residual blocks of ``down*`` are ``down*.4-6``.
+placeholders (``nn.Identity``) after each down-sampling and up-sampling, so the state-dict names are theirs and a
+state dict saved by their code loads strictly here (``tests/test_networks.py``); the residual blocks of ``down*``
+are ``down*.4-6``. Not everything carries over unchanged: the constructor's arguments are ``in_channels``,
+``out_channels``, ``n_filters`` (theirs: ``n_chans_in``, ``n_chans_out``, ``n_filters_init``, default 8, not 16), and
+their freezing strings ("first layers" ``init_path.0`` + ``init_path.2``, "last layers" ``out_path``) matched any
+parameter name containing them, where ``custom.freeze`` matches module-path prefixes (the same parameters here).
 """
 
 from __future__ import annotations
