@@ -29,7 +29,7 @@ from custom.inference import SliceBatchInferer
 from custom.networks import UNet2D
 from custom.packaging import export_bundle, main
 from custom.weights import HASH_KEY, WeightsHashError, verified, verify_bundle
-from tests.bundle_utils import ALL_BUNDLES, FAST, FINETUNE, ROOT, SCHEMA, SOURCE, copy_bundle
+from tests.bundle_utils import ALL_BUNDLES, FAST, FINETUNE, ROOT, SCHEMA, SOURCE, SPOTTUNE, copy_bundle
 
 SCRIPT = ROOT / "scripts" / "export_bundle.py"
 COARSE = {"spacing": FAST["spacing"]}
@@ -225,6 +225,19 @@ def test_zip_layout_and_weight_hashes(repo, name, tmp_path):
     assert inference["initialize"][:2] == ["$@custom_code.bundle_cli.install()",
                                            "$@custom_weights.verify_bundle(@bundle_root)"]
     assert "custom_weights.verified" in inference["model_path"]
+
+
+def test_code_modules_are_what_the_configs_use_never_the_packaging_code():
+    from custom.packaging import code_modules
+
+    def configs(bundle: Path) -> list[str]:
+        return [p.read_text() for p in sorted((bundle / "configs").iterdir()) if p.name != "metadata.json"]
+
+    source = code_modules(configs(SOURCE))
+    assert {"weights", "networks", "transforms", "bundle_cli", "checkpoints"} <= set(source)
+    assert not {"packaging", "spottune", "reproduction", "demo_data"} & set(source)
+    assert "spottune" in code_modules(configs(SPOTTUNE))  # a subpackage the configs name ships whole
+    assert code_modules(["run: $custom.packaging.export_bundle(...)"]) == ["checkpoints", "weights"]
 
 
 # ---- adapter-only bundles -------------------------------------------------------------------------------------

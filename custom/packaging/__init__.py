@@ -6,7 +6,7 @@ of this repository as a zip holding one folder, the bundle's name::
     <name>/LICENSE
     <name>/configs/{inference,evaluate,train,multi_gpu_train}.yaml, logging.conf   real files (symlinks resolved)
     <name>/configs/metadata.json        + "weights_sha256": {"models/model.pt": "<sha256>", ...}
-    <name>/custom/*.py                  the code the configs use (imported from the bundle, no install needed)
+    <name>/custom/...                   the code the configs use (imported from the bundle, no install needed)
     <name>/docs/...
     <name>/models/model.pt              the network's weights; or, with ``adapter_only``, models/adapter.pt +
                                         models/source_model.pt (the source weights the adapter was made from)
