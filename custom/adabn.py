@@ -15,7 +15,7 @@ the sha256 of the weights they were estimated for), so ``custom.adapters.load_ad
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -112,15 +112,23 @@ def adapt_batchnorm(network: nn.Module, volumes: Iterable, batch_size: int = 32,
     return network
 
 
-def unlabeled_dataset(folder: str | Path, preprocessing, exclude: str | Path | None = None) -> Dataset:
-    """The scans at ``folder`` (every volume below it, as ``custom.transforms.find_volumes``), preprocessed.
+def unlabeled_dataset(folder: str | Path | Sequence[str | Path], preprocessing,
+                      exclude: str | Path | None = None) -> Dataset:
+    """The scans at ``folder`` (every volume below it, as ``custom.transforms.find_volumes``; or a list of volume
+    files), preprocessed.
 
     Raises:
-        custom.transforms.InputError: ``folder`` is missing or holds no volume (one line naming it).
+        custom.transforms.InputError: ``folder`` is missing or holds no volume, or a listed file is missing (one
+            line naming it).
     """
     from custom.transforms import find_volumes
 
-    return Dataset(find_volumes(folder, exclude=exclude), transform=preprocessing)
+    if isinstance(folder, str | Path):
+        return Dataset(find_volumes(folder, exclude=exclude), transform=preprocessing)
+    missing = [str(f) for f in folder if not Path(f).exists()]
+    if missing or not folder:
+        raise InputError(f"{missing[0]}: no such scan" if missing else "an empty list of unlabeled scans")
+    return Dataset([{"image": str(f)} for f in folder], transform=preprocessing)
 
 
 def adapt_on_folder(network: nn.Module, folder: str | Path, preprocessing, batch_size: int = 32,
@@ -147,8 +155,8 @@ class BatchNormAdaptation:
     Used in a config as ``$@bn_adaptation(custom.checkpoints.load_into(@network_def, @model_path), @model_path)``.
 
     Args:
-        adapt_on: a folder of unlabeled target scans (every volume below it): re-estimate the BatchNorm statistics on
-            them and write them as ``<save_dir>/adabn_adapter.pt``. Empty: no adaptation.
+        adapt_on: a folder of unlabeled target scans (every volume below it) or a list of scan files: re-estimate
+            the BatchNorm statistics on them and write them as ``<save_dir>/adabn_adapter.pt``. Empty: none.
         adapter: an AdaBN adapter file (made for the same weights) to load instead. Empty: none.
         save_dir: where the adapter goes (the run's staging folder, so it appears with the outputs); empty: not saved.
         preprocessing: the transform giving the network's input from ``{"image": path}`` (needed with ``adapt_on``).
@@ -157,10 +165,13 @@ class BatchNormAdaptation:
         exclude: a folder below ``adapt_on`` never read as scans (the run's output_dir).
     """
 
-    def __init__(self, adapt_on: str | Path = "", adapter: str | Path = "", save_dir: str | Path = "",
-                 preprocessing=None, batch_size: int = 32, device: str | torch.device | None = None,
-                 exclude: str | Path | None = None):
-        self.adapt_on, self.adapter = str(adapt_on or "").strip(), str(adapter or "").strip()
+    def __init__(self, adapt_on: str | Path | Sequence[str | Path] = "", adapter: str | Path = "",
+                 save_dir: str | Path = "", preprocessing=None, batch_size: int = 32,
+                 device: str | torch.device | None = None, exclude: str | Path | None = None):
+        # a folder, or a list of scan files (the reproduction grid passes the target's test scans)
+        self.adapt_on = [str(f) for f in adapt_on] if isinstance(adapt_on, list | tuple) else str(
+            adapt_on or "").strip()
+        self.adapter = str(adapter or "").strip()
         if self.adapt_on and self.adapter:
             raise AdapterError(f"{self.adapter}: give --adapt_bn_on (adapt now) or --bn_adapter (reuse an adaptation), "
                                "not both")
@@ -183,7 +194,8 @@ class BatchNormAdaptation:
             try:
                 dataset = unlabeled_dataset(self.adapt_on, self.preprocessing, self.exclude)
             except InputError as e:
-                raise InputError(f"{e} (the --adapt_bn_on folder of unlabeled scans)") from None
+                what = "folder of unlabeled scans" if isinstance(self.adapt_on, str) else "unlabeled scans"
+                raise InputError(f"{e} (the --adapt_bn_on {what})") from None
             adapt_batchnorm(network, dataset, self.batch_size, self.device)
             if self.save_dir:
                 save_bn_adapter(network, weights, Path(self.save_dir) / ADAPTER_NAME)

@@ -62,16 +62,22 @@ def plot(curves: dict[str, dict[int, float]], output: Path, title: str = "") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
+    validation = [tag for tag in ("val_surface_dice", "val_dice") if curves.get(tag)]
+    # a run without validation scans (a few annotated slices) gets the training panel alone
+    fig, axes = plt.subplots(1, 2 if validation else 1, figsize=(10 if validation else 5.4, 3.8), squeeze=False)
+    ax_loss = axes[0][0]
     loss = curves.get("train_loss", {})
     ax_loss.plot(list(loss), list(loss.values()), color="tab:blue")
-    ax_loss.set(xlabel="epoch", ylabel="training loss (BCE)", yscale="log", title="training")
-    for tag, colour in (("val_surface_dice", "tab:red"), ("val_dice", "tab:green")):
-        values = curves.get(tag, {})
-        ax_val.plot(list(values), list(values.values()), "o-", color=colour, label=tag.removeprefix("val_"))
-    ax_val.set(xlabel="epoch", ylabel="held-out validation scans (mean)", title="validation")
-    ax_val.legend(loc="lower right")
-    for ax in (ax_loss, ax_val):
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training")
+    if validation:
+        ax_val = axes[0][1]
+        for tag in validation:
+            values = curves[tag]
+            colour = {"val_surface_dice": "tab:red", "val_dice": "tab:green"}[tag]
+            ax_val.plot(list(values), list(values.values()), "o-", color=colour, label=tag.removeprefix("val_"))
+        ax_val.set(xlabel="epoch", ylabel="held-out validation scans (mean)", title="validation")
+        ax_val.legend(loc="lower right")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

@@ -19,7 +19,7 @@ FINETUNE = {
     "full": BUNDLES / "brain_extraction_full",
 }
 ALL_BUNDLES = [SOURCE, *FINETUNE.values()]
-# a learned choice of fine-tuned blocks (custom.spottune); ships no trained weights yet (models/source_model.pt only)
+# a learned choice of fine-tuned blocks (custom.spottune)
 SPOTTUNE = BUNDLES / "brain_extraction_spottune"
 CHECKED_BUNDLES = [*ALL_BUNDLES, SPOTTUNE]  # the model-zoo checks of tests/test_bundles.py
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"

@@ -148,3 +148,20 @@ def test_a_bad_unlabeled_folder_is_one_line_and_writes_nothing(problem, folders,
     assert last.startswith(f"error: {bad}: ") and last.endswith("(the --adapt_bn_on folder of unlabeled scans)")
     assert "Traceback" not in proc.stdout + proc.stderr and " - ERROR - " not in proc.stdout + proc.stderr
     assert not out.exists()
+
+
+def test_adapt_on_a_list_of_scans_equals_adapting_on_their_folder(folders, tmp_path):
+    from custom.transforms import InputError, preprocessing
+
+    steps = preprocessing(keys=["image"], spacing=FAST["spacing"])
+    files = sorted(str(p) for p in (folders / "unlabeled").glob("*.nii.gz"))
+
+    def adapted(adapt_on):
+        torch.manual_seed(0)
+        return BatchNormAdaptation(adapt_on, preprocessing=steps)(UNet2D(), "unused.pt").state_dict()
+
+    by_folder, by_list = adapted(str(folders / "unlabeled")), adapted(files)
+    assert all(torch.equal(by_folder[k], by_list[k]) for k in by_folder)
+    missing = str(tmp_path / "gone.nii.gz")
+    with pytest.raises(InputError, match=f"^{missing}: no such scan \\(the --adapt_bn_on unlabeled scans\\)$"):
+        adapted([*files, missing])

@@ -21,7 +21,6 @@ from tests.bundle_utils import (
     FINETUNE,
     SCHEMA,
     SOURCE,
-    SPOTTUNE,
     copy_bundle,
     datalist,
     run_workflow,
@@ -59,9 +58,7 @@ def trained_source(tmp_path_factory, data):
 
 @pytest.mark.parametrize("bundle", CHECKED_BUNDLES, ids=IDS)
 def test_required_files(bundle):
-    # the SpotTUnet bundle ships the source weights it starts from; models/model.pt is what its training writes
-    required = [f if bundle != SPOTTUNE else f.replace("model.pt", "source_model.pt") for f in REQUIRED]
-    missing = [f for f in required if not (bundle / f).is_file()]
+    missing = [f for f in REQUIRED if not (bundle / f).is_file()]
     assert not missing
 
 
@@ -93,12 +90,6 @@ def test_verify_net_in_out(bundle):
 @pytest.mark.parametrize("bundle", CHECKED_BUNDLES, ids=IDS)
 def test_ckpt_export_torchscript_matches_eager(bundle, tmp_path):
     ts = tmp_path / "model.ts"
-    if bundle == SPOTTUNE:  # no trained weights shipped: the network as its training starts (source weights)
-        from custom.spottune import SpotTUNet, load_source
-
-        bundle = copy_bundle(bundle, tmp_path)
-        torch.manual_seed(0)
-        torch.save(load_source(SpotTUNet(), bundle / "models/source_model.pt").state_dict(), bundle / "models/model.pt")
     ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(bundle / "models/model.pt"),
                 meta_file=str(bundle / "configs/metadata.json"), config_file=str(bundle / "configs/inference.yaml"),
                 bundle_root=str(bundle))

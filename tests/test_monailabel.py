@@ -1,6 +1,6 @@
-"""The four bundles behind a real MONAI Label server: inference, label upload, fine-tuning, model reloading, load.
+"""The five bundles behind a real MONAI Label server: inference, label upload, fine-tuning, model reloading, load.
 
-One server per module (its start-up and the training runs dominate the time) serves all four bundles; its studies
+One server per module (its start-up and the training runs dominate the time) serves all five bundles; its studies
 are thin axial slabs of demo volumes (the bundles resample every study to 1 x 0.95 x 0.95 mm, so a whole demo head
 would take minutes per inference on a CPU):
 
@@ -54,7 +54,8 @@ pytestmark = pytest.mark.slow
 BUNDLES = ROOT / "bundles"
 SOURCE = "brain_extraction_source"
 FIRST = "brain_extraction_first_layers"
-NAMES = [SOURCE, FIRST, "brain_extraction_last_layers", "brain_extraction_full"]
+SPOTTUNE = "brain_extraction_spottune"
+NAMES = [SOURCE, FIRST, "brain_extraction_last_layers", "brain_extraction_full", SPOTTUNE]
 
 TARGET, SOURCE_DOMAIN = "ge_3", "siemens_15"
 # Slab thickness in the demo volumes' ~2 mm voxels. A training slab must offer at least one slice at the slice
@@ -322,7 +323,7 @@ def first_run(server, studies):
 # ---- tests --------------------------------------------------------------------------------------------------
 
 
-def test_info_lists_the_four_bundles(server, studies):
+def test_info_lists_the_five_bundles(server, studies):
     info = server.info()
     for name in NAMES:
         model = info["models"][name]
@@ -337,6 +338,8 @@ def test_info_lists_the_four_bundles(server, studies):
         text = copy.read_text()
         if text.startswith("# Generated from"):  # a fine-tuning bundle's copy, below its header line
             text = text.split("\n", 1)[1]
+        if name == SPOTTUNE:  # the source's inference with its own network
+            text = text.replace("_target_: custom.spottune.SpotTUNet", "_target_: custom.networks.UNet2D")
         assert text == (BUNDLES / SOURCE / "configs" / "inference.yaml").read_text()
 
 
@@ -348,6 +351,13 @@ def test_source_inference_over_http(served, studies):
     if SOURCE not in served.stand_ins:  # real weights: they must find the brain
         truth = _mask(studies.truth[studies.source_id])
         assert _dice(mask, truth) > DICE_MIN
+
+
+def test_spottune_inference_over_http(served, studies):
+    """The SpotTUnet bundle's network (two copies of every block and the policy) behind the same server."""
+    study = studies.image(studies.source_id)
+    mask = _check_geometry(served.server.infer(SPOTTUNE, studies.source_id, params=CPU), study)
+    assert mask.any()
 
 
 def test_training_first_layers_changes_only_them_and_is_served_next(server, studies, first_run, tmp_path):

@@ -2,7 +2,7 @@
 
 They run in a fresh folder that holds what a checkout holds (``bundles/``, the built ``.venv-label``), through
 ``bash``, with the MONAI Label environment activated by the README's own first line. The server must come up on
-loopback only, list the four bundles and return a mask for a real head.
+loopback only, list the five bundles and return a mask for a real head.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.label_server import _multipart, free_port, label_python
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ("brain_extraction_source", "brain_extraction_first_layers", "brain_extraction_last_layers",
-           "brain_extraction_full")
+           "brain_extraction_full", "brain_extraction_spottune")
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,7 +59,7 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
         return r.read()
 
 
-def test_commands_name_the_four_bundles_and_loopback():
+def test_commands_name_the_five_bundles_and_loopback():
     commands = readme_label_commands()
     assert "--host 127.0.0.1" in commands
     for name in BUNDLES:

@@ -13,6 +13,7 @@ import torch
 from custom.adapters import AdapterError, apply_adapter
 from custom.networks import UNet2D
 from custom.spottune import (
+    PolicyRecorder,
     SpotTuneLoss,
     SpotTUNet,
     expand_source_state,
@@ -239,3 +240,19 @@ def test_bundle_refuses_weights_of_another_network_in_one_line(data, tmp_path):
 
 def test_bundle_starts_from_the_source_bundles_weights():
     assert (SPOTTUNE / "models/source_model.pt").read_bytes() == (SOURCE / "models/model.pt").read_bytes()
+
+
+def test_policy_recorder_counts_what_policy_usage_counts():
+    net = _spottune(_source())
+    torch.manual_seed(0)
+    for parameter in net.policy.parameters():  # a random policy: mixed choices
+        parameter.data.normal_()
+    volume = torch.rand(1, 32, 32, 6)
+    expected = policy_usage(net, volume_slices(volume, batch_size=4))
+    net.eval()
+    with PolicyRecorder(net) as recorder, torch.no_grad():
+        for batch in volume_slices(volume, batch_size=4):
+            net(batch)
+    assert recorder.usage() == expected and 0.0 < expected.mean < 1.0
+    net(torch.rand(2, 1, 32, 32))  # detached: no longer counted
+    assert recorder.usage().n_slices == 6

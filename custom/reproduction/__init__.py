@@ -9,7 +9,10 @@ Cells (one folder each under ``<output_dir>/cells/``, finished when its ``done.j
   domain (``--oracle``);
 * ``train/<first|last|full>/<source>_to_<target>/<n>slices``: a fine-tuning bundle's ``train.yaml`` on the
   one2one split with the slice budget's annotated scans and slice interval, starting from the source model;
-* ``eval/<first|last|full>/<source>_to_<target>/<n>slices``: the fine-tuned model on the target's test scans.
+* ``eval/<first|last|full>/<source>_to_<target>/<n>slices``: the fine-tuned model on the target's test scans;
+* the same two per budget for ``spottune`` (its own bundle) and the sweep's ``<block>`` / ``upto_<block>`` (the full
+  bundle with ``--strategy``), and ``eval/<adabn|histmatch>/<source>_to_<target>``: the source model adapted
+  without annotations, on every scan of the target (``custom.reproduction.grid``).
 
 A cell runs its bundle in-process through ``monai.bundle.ConfigWorkflow`` with command-line-style overrides
 (recorded in ``done.json``), so the bundles stay the single definition of training and evaluation. A cell is

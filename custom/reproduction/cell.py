@@ -155,6 +155,10 @@ def run_cell(spec: CellSpec) -> dict:
         with _captured(cell_dir / LOG):
             from monai.bundle import ConfigWorkflow
 
+            extra = {}
+            if spec.reference_scans:
+                extra["histogram_reference_scans"] = _histogram_reference(spec)
+
             config = list(spec.config_files)
             workflow = ConfigWorkflow(
                 config_file=config if len(config) > 1 else config[0],
@@ -167,8 +171,12 @@ def run_cell(spec: CellSpec) -> dict:
             effective = _effective(workflow, kind)
             losses = _EpochLosses().attach(workflow.parser.get_parsed_content("train#trainer")) if (
                 kind == "train") else None
+            recorder = _policy_recorder(workflow) if kind == "eval" and spec.cell.role == "spottune" else None
             workflow.run()
-            extra, dataset = {}, None
+            dataset = None
+            if recorder is not None:  # which blocks the learned policy fine-tuned, over every evaluated slice
+                extra["policy_usage"] = recorder.usage().as_dict()
+                recorder.close()
             if kind == "train":
                 dataset = workflow.parser.get_parsed_content("train#dataset")
                 extra["train_slices"] = int(getattr(dataset, "n_slices", -1))
@@ -208,6 +216,22 @@ def run_cell(spec: CellSpec) -> dict:
     }
     write_json(marker, record)  # last: the cell is finished only now
     return record
+
+
+def _histogram_reference(spec: CellSpec) -> int:
+    """A histmatch cell's source-domain intensity reference, from the source model's training scans preprocessed
+    as the evaluation preprocesses (same spacing and orientation); returns the number of scans."""
+    from custom.histogram import reference_from_scans
+
+    options = {k: spec.settings[k] for k in ("spacing", "orientation") if k in spec.settings}
+    reference_from_scans(list(spec.reference_scans), **options).save(spec.paths["histogram_reference"])
+    return len(spec.reference_scans)
+
+
+def _policy_recorder(workflow):
+    from custom.spottune import PolicyRecorder
+
+    return PolicyRecorder(workflow.parser.get_parsed_content("network"))
 
 
 class _EpochLosses:

@@ -6,6 +6,8 @@ Usage::
     brain-extraction-reproduce --profile paper --data_dir CC359 --output_dir results/paper --oracle
     brain-extraction-reproduce --profile paper ... --sources siemens_15,ge_3 --targets philips_3 \\
         --strategies first,last --budgets 5,24,270
+    brain-extraction-reproduce --profile demo --strategies first,last,full,spottune,adabn,histmatch
+    brain-extraction-reproduce --profile demo --sweep --targets ge_15
 
 (``python scripts/reproduce.py`` takes the same options.) The cells and how reruns resume: see
 ``custom.reproduction``. Profiles: ``paper``, the authors' protocol; ``demo``, a CPU-sized slice of it on the
@@ -18,6 +20,11 @@ CUDA_VISIBLE_DEVICES); ``--ray_address ADDR`` (or ``--ray-address``) runs them a
 (install ``ray``; data, bundles and output dir at the same paths on every node); ``--shard i/n`` runs only the
 cells with grid index % n == i (job arrays; ``--wait_s S`` waits up to S seconds for another shard's baseline), and a
 later run without ``--shard`` on the same output dir assembles the tables.
+
+Strategies beyond the paper's three (``custom.reproduction.grid``): ``spottune`` (SpotTUnet learns which blocks to
+fine-tune; ``spottune_policy.png`` shows its choices per budget), ``adabn`` and ``histmatch`` (no annotations: one
+evaluation per pair, set beside every budget on the same test scans), single blocks (``down1``) and prefixes
+(``upto_down2``); ``--sweep`` runs every block alone and every prefix and writes ``sweep.csv`` and ``sweep.png``.
 
 Outputs in ``--output_dir``: ``results.csv`` (source, target, strategy, n_slices, train_slices, fold, id, domain,
 surface_dice, dice: one row per run x test scan), ``summary.md``, ``wins.csv``, ``gap_closed.csv``,
@@ -78,6 +85,7 @@ def reproduce(
     targets=None,
     strategies=None,
     budgets=None,
+    sweep: bool = False,
     oracle: bool = False,
     train_source: bool = False,
     workers: int | None = None,
@@ -96,7 +104,11 @@ def reproduce(
         profile: paper | demo.
         sources: source domains, comma-separated (default: the profile's).
         targets: target domains, comma-separated (default: the profile's).
-        strategies: first,last,full (default: the profile's).
+        strategies: comma-separated among first, last, full (the paper's, the default), spottune (SpotTUnet),
+            adabn and histmatch (no annotations: one evaluation per pair), a block of the U-Net (init_path, down1,
+            ..., out_path) or upto_<block> (every block up to it).
+        sweep: the layer-wise sweep: every block alone and every upto_<block> (added to --strategies); writes
+            sweep.csv and sweep.png.
         budgets: slice budgets among 5,8,12,24,45,90,270,540,800 (default: the profile's).
         oracle: also run the oracle (3-fold cross-validation in every domain involved).
         train_source: train the source models even where the profile ships them (demo: siemens_15).
@@ -118,7 +130,7 @@ def reproduce(
             raise UsageError(f"--train_source must be true or false, got {train_source!r}")
         if train_source:
             prof = replace(prof, source_models={})
-        resolve_selection(prof, sources, targets, strategies, budgets)
+        resolve_selection(prof, sources, targets, strategies, budgets, sweep)
         parse_shard(shard)
         if workers is None:
             workers = max(1, min(prof.workers, os.cpu_count() or 1))
@@ -150,7 +162,8 @@ def reproduce(
         if output.exists() and not output.is_dir():
             raise UsageError(f"output dir {output} exists and is not a folder")
         _ensure_data(data, prof)
-        p = plan(prof, data, output, sources, targets, strategies, budgets, with_oracle=bool(oracle), shard=shard)
+        p = plan(prof, data, output, sources, targets, strategies, budgets, with_oracle=bool(oracle), shard=shard,
+                 sweep=sweep)
         check_scans(p, progress=bool(progress))
     except (UsageError, ValueError, OSError) as e:
         _fail(str(e))

@@ -1,19 +1,22 @@
-"""The figures: the baseline matrix, surface Dice against the slice budget, and wins per budget (PNG)."""
+"""The figures: the baseline matrix, surface Dice against the slice budget, wins per budget, and, when run, the
+layer-wise sweep and the SpotTUnet policy (PNG)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from custom.reproduction.grid import STRATEGIES
+from custom.reproduction.grid import REFERENCE_ROLES
 from custom.reproduction.plan import Plan
-from custom.reproduction.results import SHORT, STRATEGY_NAMES, Tables, budget_label, diagonal, matrix_columns
+from custom.reproduction.results import SHORT, Tables, budget_label, diagonal, matrix_columns, strategy_name
 
 __all__ = ["write_figures"]
 
 
-def write_figures(p: Plan, t: Tables, offered: dict, out: Path) -> list[Path]:
-    """``baseline_matrix.png``, ``sdice_vs_slices.png`` and ``wins.png`` in ``out``; returns their paths."""
+def write_figures(p: Plan, t: Tables, offered: dict, out: Path, sweep=(), policy: dict | None = None) -> list[Path]:
+    """``baseline_matrix.png``, ``sdice_vs_slices.png`` and ``wins.png`` in ``out``, with ``sweep`` rows
+    (``results.sweep_rows``) ``sweep.png``, with a ``policy`` (``results.policy_usage_by_budget``)
+    ``spottune_policy.png``; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,7 +60,11 @@ def write_figures(p: Plan, t: Tables, offered: dict, out: Path) -> list[Path]:
     # 2. surface Dice vs slices
     budgets = list(p.selection.budgets)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours = {"first": "tab:blue", "last": "tab:orange", "full": "tab:green", "baseline": "grey", "oracle": "black"}
+    colours = {"first": "tab:blue", "last": "tab:orange", "full": "tab:green", "spottune": "tab:red",
+               "adabn": "tab:purple", "histmatch": "tab:brown", "baseline": "grey", "oracle": "black"}
+    cycle = iter(plt.cm.tab20.colors)
+    for key in p.selection.strategies:
+        colours.setdefault(key, next(cycle, "tab:cyan"))
     for key in ("baseline", *p.selection.strategies, *(("oracle",) if p.with_oracle else ())):
         xs, ys, lo, hi = [], [], [], []
         for n in budgets:
@@ -71,8 +78,8 @@ def write_figures(p: Plan, t: Tables, offered: dict, out: Path) -> list[Path]:
             continue
         styles = {"baseline": dict(ls="--", marker=""), "oracle": dict(ls=":", marker="")}
         style = styles.get(key, dict(ls="-", marker="o"))
-        ax.plot(xs, ys, color=colours[key], label=STRATEGY_NAMES.get(key, key), **style)
-        if key in STRATEGIES and len(xs) > 0:
+        ax.plot(xs, ys, color=colours[key], label=strategy_name(key) if key not in REFERENCE_ROLES else key, **style)
+        if key not in REFERENCE_ROLES and len(xs) > 0:
             ax.fill_between(xs, lo, hi, color=colours[key], alpha=0.15, lw=0)
     ax.set_xscale("log")
     ax.set_xticks(budgets, [budget_label(n, offered).replace(" offered", "") for n in budgets], fontsize=8)
@@ -97,7 +104,7 @@ def write_figures(p: Plan, t: Tables, offered: dict, out: Path) -> list[Path]:
         counts = [t.wins.get(n, {}).get(s, 0) for n in budgets]
         colour = colours.get(s, "lightgrey")
         bars = ax.bar(offset, counts, width, color=colour, alpha=0.45 if s != "ties" else 1.0,
-                      label=STRATEGY_NAMES.get(s, s))
+                      label=strategy_name(s) if s != "ties" else s)
         if s != "ties":
             significant = [t.wins.get(n, {}).get(f"{s}@p<0.1", 0) for n in budgets]
             ax.bar(offset, significant, width, color=colour, alpha=1.0, label="_nolegend_")
@@ -109,5 +116,41 @@ def write_figures(p: Plan, t: Tables, offered: dict, out: Path) -> list[Path]:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Best strategy per pair (dark part: significant, sign test p < 0.1)", fontsize=10)
     written.append(save(fig, out / "wins.png"))
+
+    if sweep:
+        written.append(save(_sweep_figure(plt, list(sweep), budgets, offered), out / "sweep.png"))
+    if policy:
+        from custom.spottune import plot_policy
+
+        labels = {f"{budget_label(n, offered).replace(' offered', '')} slices": u for n, u in policy.items()}
+        written.append(plot_policy(labels, out / "spottune_policy.png",
+                                   "SpotTUnet: share of target slices running each block's fine-tuned copy"))
     return written
+
+
+def _sweep_figure(plt, sweep: list[dict], budgets: list[int], offered: dict):
+    """Surface Dice against the depth of the fine-tuned block: one line per budget for single blocks (solid) and
+    for the prefixes up to that block (dashed); x labels give each block's trainable parameters."""
+    fig, ax = plt.subplots(figsize=(8.4, 4.6))
+    blocks = sorted({(r["depth"], r["blocks"].split("+")[-1], r["trainable_parameters"]) for r in sweep
+                     if r["kind"] == "block"})
+    for k, n in enumerate(budgets):
+        colour = plt.cm.viridis(k / max(len(budgets) - 1, 1))
+        for kind, style in (("block", "-"), ("prefix", "--")):
+            points = sorted((r["depth"], float(r[f"sdice_{n}"])) for r in sweep
+                            if r["kind"] == kind and r[f"sdice_{n}"] != "")
+            if points:
+                label = f"{budget_label(n, offered).replace(' offered', '')} slices" + (
+                    "" if kind == "block" else ", blocks up to it")
+                ax.plot(*zip(*points, strict=True), style, marker="o" if kind == "block" else "", color=colour,
+                        label=label)
+    ax.set_xticks([d for d, _, _ in blocks], [f"{name}\n{params / 1000:.0f}k" for _, name, params in blocks],
+                  fontsize=7)
+    ax.set_xlabel("fine-tuned block, in forward order (trainable parameters)")
+    ax.set_ylabel("surface Dice (mean over pairs)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title("Layer-wise sweep: which blocks hold the scanner", fontsize=10)
+    return fig
 

@@ -28,6 +28,7 @@ def _cell_records(p: Plan) -> dict[str, dict]:
             out[cell.id] = {k: r.get(k) for k in ("seconds", "cpu_seconds", "started", "finished", "device", "host",
                                                   "resumed", "fingerprint", "overrides", "effective", "seed",
                                                   "train_slices", "epoch_losses", "shipped_weights", "sha256")}
+            out[cell.id].update({k: r[k] for k in ("policy_usage", "histogram_reference_scans") if k in r})
             out[cell.id]["status"] = "done"
         else:
             out[cell.id] = {"status": "failed" if (p.cell_dir(cell.id) / ERROR).is_file() else "pending",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from custom.cc359 import DOMAINS, Scan, index_dataset
-from custom.reproduction.grid import ALL_BUDGETS, STRATEGIES, Cell, build_grid, shard_cells
+from custom.reproduction.grid import ALL_BUDGETS, REFERENCE_ROLES, Cell, all_strategies, build_grid, shard_cells
 from custom.reproduction.profiles import Profile
 from custom.reproduction.records import DONE
 from custom.reproduction.selection import Selection, UsageError, parse_shard, resolve_selection
@@ -69,9 +69,10 @@ def plan(
     with_oracle: bool = False,
     shard=None,
     bundles_dir=None,
+    sweep: bool = False,
 ) -> Plan:
     """Validate everything and decide every cell's datalist and overrides; raises UsageError, writes nothing."""
-    sel = resolve_selection(profile, sources, targets, strategies, budgets)
+    sel = resolve_selection(profile, sources, targets, strategies, budgets, sweep)
     prof = sel.profile
     shard = parse_shard(shard)
     data_dir = Path(str(data_dir)).absolute()
@@ -146,12 +147,20 @@ def check_scans(p: Plan, progress: bool = True) -> int:
     return len(pairs)
 
 
+def _roles_on_disk(p: Plan) -> tuple[str, ...]:
+    """The strategies with a cell folder in the output dir (any run's), in table order."""
+    found = {d.name for kind in ("train", "eval") if (p.output_dir / "cells" / kind).is_dir()
+             for d in (p.output_dir / "cells" / kind).iterdir()}
+    known = set(p.selection.strategies) | (found - set(REFERENCE_ROLES))
+    return tuple(s for s in all_strategies() if s in known)
+
+
 def assembly(p: Plan) -> Plan:
     """The plan the tables are assembled from: this plan's cells plus every other cell of the profile's full grid
     that is finished in the same output dir with the same settings (an earlier run with other subset flags)."""
     present = {s.domain for s in p.scans}
     mine = {c.id for c in p.grid}
-    full = build_grid([d for d in DOMAINS if d in present], [d for d in DOMAINS if d in present], STRATEGIES,
+    full = build_grid([d for d in DOMAINS if d in present], [d for d in DOMAINS if d in present], _roles_on_disk(p),
                       ALL_BUDGETS, with_oracle=True, in_domain=p.profile.n_val > 0)
     specs = dict(p.specs)
     for cell in full:
@@ -175,9 +184,10 @@ def assembly(p: Plan) -> Plan:
     selection = Selection(
         profile=p.profile,
         sources=pick({c.source for c in used if c.role != "oracle"} | set(p.selection.sources), DOMAINS),
-        targets=pick({c.target for c in used if c.role in STRATEGIES or (c.role == "baseline" and c.target
+        targets=pick({c.target for c in used if c.role not in REFERENCE_ROLES or (c.role == "baseline" and c.target
                       and c.target != c.source)} | set(p.selection.targets), DOMAINS),
-        strategies=pick({c.role for c in used if c.role in STRATEGIES} | set(p.selection.strategies), STRATEGIES),
+        strategies=pick({c.role for c in used if c.role not in REFERENCE_ROLES} | set(p.selection.strategies),
+                        all_strategies()),
         budgets=pick({c.n_slices for c in used if c.n_slices} | set(p.selection.budgets), ALL_BUDGETS),
     )
     with_oracle = p.with_oracle or any(c.role == "oracle" for c in used if c.id in extra)

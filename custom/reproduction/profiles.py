@@ -42,6 +42,7 @@ class Profile:
     roi_size: tuple[int, int] | None = None
     baseline: dict = field(default_factory=dict)
     finetune: dict = field(default_factory=dict)
+    spottune: dict = field(default_factory=dict)  # SpotTUnet cells; empty: its bundle's, the authors' 2021 recipe
     evaluate: dict = field(default_factory=dict)
     n_val: int = 4
     seed: int = 0
@@ -91,6 +92,8 @@ DEMO = Profile(
     baseline={"max_epochs": 14, "lr_decay_epoch": 11, "iterations_per_epoch": 100, "batch_size": 16,
               "learning_rate": 0.01},
     finetune={"max_epochs": 6, "lr_decay_epoch": 5, "iterations_per_epoch": 10, "batch_size": 16,
+              "learning_rate": 0.025},
+    spottune={"max_epochs": 6, "lr_decay_epoch": 5, "iterations_per_epoch": 10, "batch_size": 16,
               "learning_rate": 0.025},
     evaluate={"key_metric#surface_dice#tolerance": 2.0},
     sources=("siemens_15",),
@@ -222,7 +225,8 @@ def effective(profile: Profile, key: str):
 
 
 def profile_overrides(profile: Profile, kind: str) -> dict:
-    """The bundle overrides of a profile for ``baseline`` (also oracle), ``finetune`` or ``evaluate`` cells."""
+    """The bundle overrides of a profile for ``baseline`` (also oracle), ``finetune``, ``spottune`` or ``evaluate``
+    cells."""
     out = {}
     if profile.spacing is not None:
         out["spacing"] = list(profile.spacing)

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Sequence
 
 from custom.cc359 import DOMAINS
 from custom.reproduction.executors import Outcome
-from custom.reproduction.grid import STRATEGIES
+from custom.reproduction.grid import LABEL_FREE, REFERENCE_ROLES, is_finetuning
 from custom.reproduction.plan import Plan
 from custom.reproduction.profiles import REMAINING_DIFFERENCES, shortened
-from custom.reproduction.results import SHORT, STRATEGY_NAMES, Tables, budget_label, diagonal, matrix_columns
+from custom.reproduction.results import SHORT, Tables, budget_label, diagonal, matrix_columns, strategy_name
 
 __all__ = ["SMALL_BUDGET", "summary", "summary_for_console"]
 
@@ -64,9 +64,11 @@ def _means_section(p: Plan, t: Tables, offered: dict) -> list[str]:
     labels = [budget_label(n, offered) for n in budgets]
     rows = []
     names = [("baseline", "baseline (no fine-tuning)")]
-    names += [(s, STRATEGY_NAMES[s]) for s in p.selection.strategies]
+    names += [(s, strategy_name(s)) for s in p.selection.strategies]
     names += [("oracle", "oracle")] if p.with_oracle else []
     n_pairs = 0
+    label_free = (", the label-free rows (one evaluation per pair, no annotated slice)"
+                  if set(p.selection.strategies) & set(LABEL_FREE) else "")
     for key, name in names:
         cells = []
         for n in budgets:
@@ -74,14 +76,15 @@ def _means_section(p: Plan, t: Tables, offered: dict) -> list[str]:
             if m is None:
                 cells.append("–")
                 continue
-            n_pairs = max(n_pairs, m["pairs"]) if key in STRATEGIES else n_pairs
+            n_pairs = max(n_pairs, m["pairs"]) if key not in REFERENCE_ROLES else n_pairs
             cells.append(f"{_fmt(m['mean'])} ± {_fmt(m['std'])}" if m["pairs"] > 1 else _fmt(m["mean"]))
         rows.append([name, *cells])
     return [
         "## Mean surface Dice per strategy and slice budget",
         "",
         f"Mean over source -> target pairs (± standard deviation over pairs; {n_pairs} pair(s)) of each pair's mean "
-        "over its target test scans. Baseline and oracle rows: the same test scans as the fine-tuned models. Column "
+        f"over its target test scans. Baseline{label_free} and oracle rows: the same test scans as the fine-tuned "
+        "models. Column "
         "headers: nominal budget of docs/PROTOCOL.md (and the slices the annotated scans actually offered at its slice "
         "interval, when different).",
         "",
@@ -156,7 +159,7 @@ def _gap_section(p: Plan, t: Tables, offered: dict) -> list[str]:
             g = t.gap_summary.get((s, n))
             defined = g is not None and g["pairs"]
             cells.append(f"{_fmt(g['mean'], 2)} (median {_fmt(g['median'], 2)})" if defined else "–")
-        rows.append([STRATEGY_NAMES[s], *cells])
+        rows.append([strategy_name(s), *cells])
     undefined = sum(g["undefined"] for g in t.gap_summary.values())
     note = f" {undefined} (pair, budget, strategy) value(s) undefined (oracle not above baseline)." if undefined else ""
     return head + [
@@ -206,8 +209,53 @@ def _claim_section(p: Plan, t: Tables) -> list[str]:
     if "full" in strategies:
         wins = {s: sum(c[s] for n, c in t.wins.items() if n in small) for s in strategies}
         lines.append("Wins among all strategies at these budgets: "
-                     + ", ".join(f"{STRATEGY_NAMES[s]} {wins[s]}" for s in strategies) + ".")
+                     + ", ".join(f"{strategy_name(s)} {wins[s]}" for s in strategies) + ".")
     return lines + [""]
+
+
+def _sweep_section(p: Plan, offered: dict, sweep: list[dict]) -> list[str]:
+    if not sweep:
+        return []
+    budgets = p.selection.budgets
+    rows = [[r["strategy"], r["blocks"].replace("+", ", ") if r["kind"] == "prefix" else r["blocks"], r["depth"],
+             f"{r['trainable_parameters']:,}", *(r[f"sdice_{n}"][:5] or "–" for n in budgets)] for r in sweep]
+    return [
+        "## Layer-wise sweep: which blocks hold the scanner",
+        "",
+        "Fine-tuning one block of the U-Net alone (the rest frozen), and every block up to one (`upto_<block>`), in "
+        "the order the forward pass runs them (depth 0 meets the input; a skip connection runs just before the "
+        "decoder block it feeds). Mean surface Dice over pairs on the target test scans; `sweep.csv`, `sweep.png`.",
+        "",
+        _table(["strategy", "trainable blocks", "depth", "parameters", *(budget_label(n, offered) for n in budgets)],
+               rows),
+        "",
+    ]
+
+
+def _policy_section(policy: dict) -> list[str]:
+    if not policy:
+        return []
+    from custom.freeze import blocks
+
+    columns = blocks()  # the U-Net's blocks in forward order; each SpotTUnet block belongs to one of them
+    rows = []
+    for n, usage in policy.items():
+        by_block: dict[str, list[float]] = {}
+        for name, share in zip(usage.blocks, usage.tuned_share, strict=True):
+            by_block.setdefault(name.split(".")[0], []).append(share)
+        rows.append([n, usage.n_slices, f"{usage.mean:.2f}",
+                     *(f"{sum(by_block[c]) / len(by_block[c]):.2f}" if c in by_block else "–" for c in columns)])
+    return [
+        "## SpotTUnet: the blocks its policy fine-tunes",
+        "",
+        "Share of the evaluated target slices on which the learned policy ran the fine-tuned copy (argmax, averaged "
+        "over pairs), overall and per block of the U-Net in forward order (the mean over the SpotTUnet blocks inside "
+        "it); every SpotTUnet block in `spottune_policy.png` and `manifest.json` (`policy_usage` of each "
+        "`eval/spottune` cell).",
+        "",
+        _table(["slices", "slices evaluated", "all", *columns], rows),
+        "",
+    ]
 
 
 def _header(p: Plan, outcome: Outcome | None, cell_seconds: float) -> list[str]:
@@ -254,7 +302,7 @@ def _precision_and_loss_lines(p: Plan) -> list[str]:
         if record.get("effective", {}).get("compute_dtype"):
             precisions.add(record["effective"]["compute_dtype"])
         losses = record.get("epoch_losses") or []
-        if cell.role in STRATEGIES and len(losses) >= 2 and losses[-2] > 0:
+        if is_finetuning(cell.role) and len(losses) >= 2 and losses[-2] > 0:
             ratios.append(losses[-1] / losses[-2])
     lines = []
     if precisions:
@@ -268,10 +316,13 @@ def _precision_and_loss_lines(p: Plan) -> list[str]:
 
 
 
-def summary(p: Plan, t: Tables, offered: dict, outcome: Outcome | None, cell_seconds: float) -> str:
-    """The text of ``summary.md``."""
+def summary(p: Plan, t: Tables, offered: dict, outcome: Outcome | None, cell_seconds: float,
+            sweep: Sequence[dict] = (), policy: dict | None = None) -> str:
+    """The text of ``summary.md`` (``sweep``: ``results.sweep_rows``; ``policy``:
+    ``results.policy_usage_by_budget``)."""
     body = [*_matrix_section(p, t), *_means_section(p, t, offered), *_wins_section(p, t, offered),
-            *_gap_section(p, t, offered), *_claim_section(p, t)]
+            *_gap_section(p, t, offered), *_claim_section(p, t), *_sweep_section(p, offered, list(sweep)),
+            *_policy_section(policy or {})]
     return "\n".join([*_header(p, outcome, cell_seconds), *body])
 
 

@@ -9,13 +9,23 @@ from custom.reproduction.figures import write_figures
 from custom.reproduction.manifest import write_manifest
 from custom.reproduction.plan import Plan, assembly
 from custom.reproduction.report import summary
-from custom.reproduction.results import RESULT_COLUMNS, collect_rows, csv_text, offered_slices, tables, write_csvs
+from custom.reproduction.results import (
+    RESULT_COLUMNS,
+    collect_rows,
+    csv_text,
+    offered_slices,
+    policy_usage_by_budget,
+    sweep_rows,
+    tables,
+    write_csvs,
+    write_sweep_csv,
+)
 
 __all__ = ["report", "run"]
 
 
 def report(p: Plan, outcome: Outcome | None = None) -> str:
-    """Write results.csv, wins.csv, gap_closed.csv, the figures and summary.md; returns the summary text."""
+    """Write results.csv, wins.csv, gap_closed.csv (sweep.csv), the figures and summary.md; returns the summary."""
     from custom.checkpoints import atomic_write_text
 
     out = p.output_dir
@@ -28,9 +38,12 @@ def report(p: Plan, outcome: Outcome | None = None) -> str:
     for cell in p.grid:
         if p.is_done(cell.id):
             cell_seconds += p.record(cell.id).get("seconds") or 0
-    text = summary(p, t, offered, outcome, cell_seconds)
+    sweep, policy = sweep_rows(p, t), policy_usage_by_budget(p)
+    if sweep:
+        write_sweep_csv(p, sweep)
+    text = summary(p, t, offered, outcome, cell_seconds, sweep, policy)
     atomic_write_text(out / "summary.md", text)
-    write_figures(p, t, offered, out)
+    write_figures(p, t, offered, out, sweep, policy)
     return text
 
 

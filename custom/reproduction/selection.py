@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from custom.cc359 import DOMAINS
-from custom.reproduction.grid import ALL_BUDGETS, STRATEGIES
+from custom.reproduction.grid import ALL_BUDGETS, all_strategies, sweep_strategies
 from custom.reproduction.profiles import PROFILES, Profile
 
 __all__ = ["Selection", "UsageError", "parse_devices", "parse_shard", "resolve_selection"]
@@ -56,7 +56,8 @@ def _choose(value, valid: Sequence, what: str, convert=str) -> tuple:
         except (TypeError, ValueError):
             converted = None
         if converted not in valid or isinstance(item, bool):
-            raise UsageError(f"unknown {what[:-1] if what.endswith('s') else what} {item!r}; "
+            singular = "strategy" if what == "strategies" else what.removesuffix("s")
+            raise UsageError(f"unknown {singular} {item!r}; "
                              f"valid: {', '.join(map(str, valid))}")
         if converted not in chosen:
             chosen.append(converted)
@@ -69,8 +70,10 @@ def _budget_value(item) -> int:
     return int(item)
 
 
-def resolve_selection(profile: str | Profile, sources=None, targets=None, strategies=None, budgets=None) -> Selection:
-    """Validate the subset flags against the protocol; defaults come from the profile."""
+def resolve_selection(profile: str | Profile, sources=None, targets=None, strategies=None, budgets=None,
+                      sweep: bool = False) -> Selection:
+    """Validate the subset flags against the protocol; defaults come from the profile. ``sweep`` adds the
+    layer-wise sweep (every block alone and the ``upto_<block>`` prefixes) to ``strategies`` (default: none else)."""
     if isinstance(profile, str):
         if profile not in PROFILES:
             raise UsageError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
@@ -79,12 +82,21 @@ def resolve_selection(profile: str | Profile, sources=None, targets=None, strate
         profile=profile,
         sources=_choose(sources, DOMAINS, "sources") if sources is not None else profile.sources,
         targets=_choose(targets, DOMAINS, "targets") if targets is not None else profile.targets,
-        strategies=_choose(strategies, STRATEGIES, "strategies") if strategies is not None else profile.strategies,
+        strategies=_strategies(profile, strategies, sweep),
         budgets=_choose(budgets, ALL_BUDGETS, "budgets", _budget_value) if budgets is not None else profile.budgets,
     )
     if not [(s, t) for s in sel.sources for t in sel.targets if s != t]:
         raise UsageError("no source -> target pair: choose at least one target that is not a source")
     return sel
+
+
+def _strategies(profile: Profile, strategies, sweep: bool) -> tuple[str, ...]:
+    if not isinstance(sweep, bool):
+        raise UsageError(f"--sweep must be true or false, got {sweep!r}")
+    if not sweep:
+        return _choose(strategies, all_strategies(), "strategies") if strategies is not None else profile.strategies
+    chosen = _choose(strategies, all_strategies(), "strategies") if strategies is not None else ()
+    return tuple(s for s in all_strategies() if s in set(chosen) | set(sweep_strategies()))
 
 
 def parse_shard(shard) -> tuple[int, int] | None:

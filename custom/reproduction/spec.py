@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from custom.cc359 import Scan
-from custom.reproduction.grid import N_FOLDS, STRATEGIES, Cell
+from custom.reproduction.grid import LABEL_FREE, N_FOLDS, REFERENCE_ROLES, Cell, freeze_strategy, is_finetuning
 from custom.reproduction.profiles import Profile, profile_overrides
 from custom.reproduction.selection import UsageError
 from custom.splits import budget, one2all, one2one, oracle
@@ -27,7 +27,10 @@ STRATEGY_BUNDLES = {
     "first": "brain_extraction_first_layers",
     "last": "brain_extraction_last_layers",
     "full": "brain_extraction_full",
+    "spottune": "brain_extraction_spottune",
 }
+SWEEP_BUNDLE = "brain_extraction_full"  # a block or upto_<block> strategy: the full bundle with --strategy
+HISTOGRAM_REFERENCE = "histogram_reference.json"  # a histmatch cell's source-domain reference, in its folder
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class CellSpec:
     seed: int
     split_seed: int
     threads: int | None = None
+    reference_scans: tuple[str, ...] = ()  # histmatch: the source scans its histogram reference is built from
 
     @property
     def shipped(self) -> bool:
@@ -64,15 +68,15 @@ class CellSpec:
         return asdict(self.cell) | {"id": self.cell.id, "deps": list(self.cell.deps)}
 
     def plan_record(self) -> dict:
-        """``plan.json``: every field but the datalist (``datalist.json`` beside it)."""
+        """``plan.json``: every field but the datalist (``datalist.json`` beside it) and empty ``reference_scans``."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "cell":
                 value = self.cell_record()
-            elif f.name == "config_files":
+            elif f.name in ("config_files", "reference_scans"):
                 value = list(value)
-            if f.name != "datalist":
+            if f.name != "datalist" and not (f.name == "reference_scans" and not value):
                 out[f.name] = value
         return out
 
@@ -105,6 +109,8 @@ def cell_datalist(cell: Cell, scans: Sequence[Scan], profile: Profile) -> dict:
                 e for e in dl["test"] if e["domain"] == cell.target]
             dl = {**dl, "name": f"{dl['name']}_on_{cell.target}", "target": cell.target, "test": test}
         return dl
+    if cell.role in LABEL_FREE:  # the source model on every scan of the target, as the baseline
+        return cell_datalist(Cell("eval", "baseline", cell.source, cell.target), scans, profile)
     if cell.role == "oracle":
         return oracle(scans, cell.source, cell.fold, n_folds=N_FOLDS, seed=seed)  # 2 validation scans, as dpipe
     n_scans, k = budget(cell.n_slices)
@@ -113,7 +119,9 @@ def cell_datalist(cell: Cell, scans: Sequence[Scan], profile: Profile) -> dict:
 
 
 def _bundle(cell: Cell) -> str:
-    return SOURCE_BUNDLE if cell.role in ("baseline", "oracle") else STRATEGY_BUNDLES[cell.role]
+    if cell.role in REFERENCE_ROLES or cell.role in LABEL_FREE:
+        return SOURCE_BUNDLE
+    return STRATEGY_BUNDLES.get(cell.role, SWEEP_BUNDLE)
 
 
 def _meta_file(bundle_dir: Path) -> Path:
@@ -128,15 +136,19 @@ def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out:
     paths = {"bundle_root": str(bundle_dir), "dataset_dir": str(data_dir),
              "datalist_file": str(cell_dir / "datalist.json"), "output_dir": str(cell_dir)}
     shipped = profile.source_models.get(cell.source) if (cell.kind, cell.role) == ("train", "baseline") else None
+    reference_scans: tuple[str, ...] = ()
     if cell.kind == "train":
         config_files = [bundle_dir / "configs" / "train.yaml"]
         paths["final_model"] = str(cell_dir / "model.pt")
-        if cell.role in STRATEGIES:
+        if is_finetuning(cell.role):
             n_scans, k = budget(cell.n_slices)
             source_model = str(out / "cells" / cell.deps[0] / "model.pt")
             paths.update(adapter_path=str(cell_dir / "adapter.pt"), source_weights=source_model,
                          init_weights=source_model)
-            settings = {**profile_overrides(profile, "finetune"), "n_slices": cell.n_slices, "slice_interval": k}
+            kind = "spottune" if cell.role == "spottune" else "finetune"
+            settings = {**profile_overrides(profile, kind), "n_slices": cell.n_slices, "slice_interval": k}
+            if cell.role not in STRATEGY_BUNDLES:
+                settings["strategy"] = freeze_strategy(cell.role)
         else:
             settings = profile_overrides(profile, "baseline")
     else:
@@ -144,6 +156,11 @@ def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out:
         paths.update(model_path=str(out / "cells" / cell.train_id / "model.pt"),
                      metrics_csv=str(cell_dir / "metrics.csv"))
         settings = {**profile_overrides(profile, "evaluate"), "datalist_key": "test"}
+        if cell.role == "adabn":  # the target's scans, unlabeled: only their images are read for the statistics
+            settings["adapt_bn_on"] = [e["image"] for e in datalist["test"]]
+        elif cell.role == "histmatch":
+            reference_scans = tuple(e["image"] for e in datalist["training"])  # the source model's training scans
+            paths["histogram_reference"] = str(cell_dir / HISTOGRAM_REFERENCE)
     if shipped:  # the shipped weights stand in for this training: they, not the settings, define the cell
         settings = {"shipped_weights": shipped, "sha256": _file_sha256(shipped)}
     fingerprint = _sha({"cell": cell.id, "bundle": bundle_dir.name, "configs": [f.name for f in config_files],
@@ -162,4 +179,5 @@ def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out:
         profile=profile.name,
         seed=profile.seed,
         split_seed=profile.split_seed,
+        reference_scans=reference_scans,
     )

@@ -7,13 +7,21 @@ and its figure).
 """
 
 from custom.spottune.gumbel import gumbel_noise, gumbel_softmax_st
-from custom.spottune.network import POLICY_MODES, SpotTUNet, block_names, expand_source_state, split_state
+from custom.spottune.network import (
+                                     POLICY_MODES,
+                                     SpotTUNet,
+                                     argmax_choice,
+                                     block_names,
+                                     expand_source_state,
+                                     split_state,
+)
 from custom.spottune.policy import PolicyNet
 from custom.spottune.training import SpotTuneLoss, load_source, param_groups, prepare
-from custom.spottune.usage import PolicyUsage, plot_policy, policy_usage, volume_slices
+from custom.spottune.usage import PolicyRecorder, PolicyUsage, plot_policy, policy_usage, volume_slices
 
 __all__ = [
-    "POLICY_MODES", "PolicyNet", "PolicyUsage", "SpotTUNet", "SpotTuneLoss", "block_names", "expand_source_state",
+    "POLICY_MODES", "PolicyNet", "PolicyRecorder", "PolicyUsage", "SpotTUNet", "SpotTuneLoss", "argmax_choice",
+    "block_names", "expand_source_state",
     "gumbel_noise", "gumbel_softmax_st", "load_source", "param_groups", "plot_policy", "policy_usage", "prepare",
     "split_state", "volume_slices",
 ]

@@ -155,8 +155,8 @@ class SpotTUNet(nn.Module):
             sample = self._sample(logits)
             hard = (sample[..., 1] > 0.5).to(sample.dtype)
             soft = sample[..., 1]
-        else:  # argmax, deterministic; ties pick the frozen copy
-            hard = (logits[..., 1] > logits[..., 0]).to(torch.float32)
+        else:
+            hard = argmax_choice(logits)
             soft = torch.zeros_like(hard)
         forced = self.forced.view(1, -1).expand_as(hard) >= 0
         hard = torch.where(forced, self.forced.view(1, -1).expand_as(hard).to(hard.dtype), hard)
@@ -196,6 +196,12 @@ class SpotTUNet(nn.Module):
                 if ".frozen" in name and isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
+
+
+def argmax_choice(logits: torch.Tensor) -> torch.Tensor:
+    """The policy's deterministic choice from its ``[B, n_blocks, 2]`` logits: 1 where the fine-tuned copy runs;
+    ties pick the frozen copy."""
+    return (logits[..., 1] > logits[..., 0]).to(torch.float32)
 
 
 def block_names(network: SpotTUNet | None = None) -> list[str]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from custom.spottune.network import SpotTUNet
+from custom.spottune.network import SpotTUNet, argmax_choice
 
-__all__ = ["PolicyUsage", "plot_policy", "policy_usage", "volume_slices"]
+__all__ = ["PolicyRecorder", "PolicyUsage", "plot_policy", "policy_usage", "volume_slices"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,39 @@ def policy_usage(network: SpotTUNet, batches: Iterable[torch.Tensor],
         network.train(was_training)
     share = (counts / max(n, 1)).tolist()
     return PolicyUsage(tuple(network.blocks), tuple(share), n)
+
+
+class PolicyRecorder:
+    """Counts the learned policy's choices over every slice the network sees in eval mode while attached (e.g.
+    through an evaluation run), without running anything twice; forced blocks (``set_policy``) are not applied.
+
+    Use as a context manager or call ``close``; ``usage()`` gives the shares so far.
+    """
+
+    def __init__(self, network: SpotTUNet):
+        net = getattr(network, "module", network)
+        self.blocks = tuple(net.blocks)
+        self.counts = torch.zeros(len(self.blocks), dtype=torch.float64)
+        self.n_slices = 0
+        self._handle = net.policy.register_forward_hook(self._record)
+
+    def _record(self, module, args, logits: torch.Tensor) -> None:
+        if not module.training:
+            hard = argmax_choice(logits.detach().float())
+            self.counts += hard.double().sum(0).cpu()
+            self.n_slices += hard.shape[0]
+
+    def usage(self) -> PolicyUsage:
+        return PolicyUsage(self.blocks, tuple((self.counts / max(self.n_slices, 1)).tolist()), self.n_slices)
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> PolicyRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def plot_policy(usage_by_budget: Mapping[object, PolicyUsage], path: str | Path, title: str = "") -> Path:
