@@ -22,7 +22,9 @@ from ignite.engine import Engine, Events
 from custom.checkpoints import atomic_save, load_state_dict, sha256
 from custom.freeze import strategy_name
 
-__all__ = ["AdapterError", "AdapterSaver", "apply_adapter", "load_adapted", "make_adapter", "save_adapter"]
+__all__ = [
+    "AdapterError", "AdapterSaver", "apply_adapter", "layout_module", "load_adapted", "make_adapter", "save_adapter",
+]
 
 FORMAT = "brain-extraction-adapter/1"
 LAYOUTS = {"spottune": "custom.spottune.network"}  # ADAPTER_LAYOUT -> module with expand_source_state, OWN_PREFIX
@@ -48,7 +50,7 @@ def make_adapter(state: dict[str, torch.Tensor], source_state: dict[str, torch.T
     }
 
 
-def _layout(name: str):
+def layout_module(name: str):
     """The module that maps source weights onto a network of layout ``name`` (``""``: the source's own layout)."""
     if name not in LAYOUTS:
         raise AdapterError(f"unknown adapter layout {name!r}; known: {sorted(LAYOUTS)}")
@@ -67,7 +69,7 @@ def save_adapter(network: torch.nn.Module, source_weights: str | Path, path: str
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     source, layout = load_state_dict(source_weights), getattr(net, "ADAPTER_LAYOUT", "")
     if layout:
-        mapping = _layout(layout)
+        mapping = layout_module(layout)
         source = mapping.expand_source_state(source)
         # only what moved: a block copy the policy never ran in training kept the source's values
         trainable = {k for k in net.state_dict() if k.startswith(mapping.OWN_PREFIX)}
@@ -112,7 +114,7 @@ def apply_adapter(source_weights: str | Path, adapter_path: str | Path) -> dict[
     state = load_state_dict(source_weights)
     own = ()
     if adapter.get("layout"):
-        mapping = _layout(adapter["layout"])
+        mapping = layout_module(adapter["layout"])
         state, own = mapping.expand_source_state(state), (mapping.OWN_PREFIX,)
     unknown = sorted(k for k in set(adapter["state"]) - set(state) if not k.startswith(own))
     if unknown:

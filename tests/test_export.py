@@ -558,3 +558,28 @@ def test_clean_environment_runs_the_exported_bundle_from_another_folder(repo, vo
     lines = [line for line in (done.stdout + done.stderr).splitlines() if expected in line and actual in line]
     assert lines and all("models/model.pt" in line for line in lines), (done.stdout + done.stderr)[-3000:]
     assert not (tmp_path / "out_tampered").exists()
+
+
+def test_spottune_bundle_exports_whole_and_adapter_only(volume, tmp_path, keep_sys_path):
+    """The SpotTUnet bundle's shipped weights: the adapter-only export rebuilds them from the source weights (a U-Net,
+    mapped onto both copies of every block) and the adapter, ships custom.spottune, and gives the same masks."""
+    bundle = copy_bundle(SPOTTUNE, tmp_path / "repo")
+    shipped = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    out = tmp_path / "dist"
+    zips = {"full": export_bundle(bundle, out / "full.zip"),
+            "adapter": export_bundle(bundle, out / "adapter.zip", adapter_only=True)}
+    masks = {}
+    for kind, zipped in zips.items():
+        with zipfile.ZipFile(zipped) as zf:
+            assert f"{SPOTTUNE.name}/custom/spottune/network.py" in zf.namelist()
+            zf.extractall(out / kind)
+        folder = out / kind / SPOTTUNE.name
+        parser = ConfigParser()
+        parser.read_config(str(folder / "configs" / "inference.yaml"))
+        parser.update({"bundle_root": str(folder), "device": "$torch.device('cpu')"})
+        state = parser.get_parsed_content("network").state_dict()
+        assert set(state) == set(shipped) and all(torch.equal(state[k], shipped[k]) for k in state)
+        run_inference(folder, volume.parent, tmp_path / kind)
+        mask = tmp_path / kind / volume.name.replace(".nii.gz", "_brainmask.nii.gz")
+        masks[kind] = np.asarray(nib.load(mask).dataobj)
+    np.testing.assert_array_equal(masks["adapter"], masks["full"])

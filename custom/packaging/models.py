@@ -42,6 +42,13 @@ def check_weights(path: Path, bundle: Path, what: str) -> dict:
         raise ExportError(str(e)) from None
     net = _parse(bundle, "inference.yaml", "network_def")
     expected = net.state_dict()
+    layout = getattr(net, "ADAPTER_LAYOUT", "")
+    if what == "source weights" and layout:  # a network laid out otherwise (SpotTUnet): the source mapped onto it
+        from custom.adapters import layout_module
+
+        mapping = layout_module(layout)
+        state = mapping.expand_source_state(state)
+        expected = {k: v for k, v in expected.items() if not k.startswith(mapping.OWN_PREFIX)}
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or extra or wrong:
