@@ -52,13 +52,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 SOURCE_BUNDLE = ROOT / "bundles" / "brain_extraction_source"
 HEAD_SHAPE = (176, 256, 256)  # a 1 mm T1 head volume
 QUICK_HEAD_SHAPE = (48, 64, 64)

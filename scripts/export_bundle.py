@@ -24,14 +24,7 @@ layout.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from custom.packaging.cli import main  # noqa: E402
+from custom.packaging.cli import main
 
 if __name__ == "__main__":
     main()

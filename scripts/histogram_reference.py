@@ -16,10 +16,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 
 def histogram_reference(scans: str, output: str, domain: str = "", spacing: tuple = (1.0, 0.95, 0.95),
                         orientation: str = "RAS", n_levels: int = 1001, threshold: float = 0.0) -> Path:
