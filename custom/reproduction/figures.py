@@ -144,8 +144,7 @@ def _sweep_figure(plt, sweep: list[dict], budgets: list[int], offered: dict):
                     "" if kind == "block" else ", blocks up to it")
                 ax.plot(*zip(*points, strict=True), style, marker="o" if kind == "block" else "", color=colour,
                         label=label)
-    ax.set_xticks([d for d, _, _ in blocks], [f"{name}\n{params / 1000:.0f}k" for _, name, params in blocks],
-                  fontsize=7)
+    ax.set_xticks([d for d, _, _ in blocks], [f"{name}\n{_count(params)}" for _, name, params in blocks], fontsize=7)
     ax.set_xlabel("fine-tuned block, in forward order (trainable parameters)")
     ax.set_ylabel("surface Dice (mean over pairs)")
     ax.set_ylim(0, 1)
@@ -154,3 +153,9 @@ def _sweep_figure(plt, sweep: list[dict], budgets: list[int], offered: dict):
     ax.set_title("Layer-wise sweep: which blocks hold the scanner", fontsize=10)
     return fig
 
+
+
+def _count(n: int) -> str:
+    """A parameter count for an axis label: 272, 4.2k, 58k, 0.92M."""
+    return f"{n}" if n < 1000 else f"{n / 1000:.1f}k" if n < 10_000 else f"{n / 1000:.0f}k" if n < 500_000 else (
+        f"{n / 1e6:.2f}M")
