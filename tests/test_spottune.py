@@ -196,9 +196,12 @@ def test_bundle_trains_evaluates_and_infers(data, tmp_path):
     dl = datalist(data, tmp_path / "dl.json", train_domain="ge_3", test_domain="ge_3")
     out = tmp_path / "ft"
     fast = [a for k, v in FAST.items() for a in (f"--{k}", str(v).replace(" ", ""))]
-    _run("--config_file", bundle / "configs/train.yaml", "--datalist_file", dl, "--output_dir", tmp_path / "run",
-         "--final_model", out / "model.pt", "--adapter_path", out / "adapter.pt", "--max_epochs", 2,
-         "--lr_decay_epoch", 1, "--slice_interval", 4, "--precision", "fp32", "--num_threads", 1, *fast, cwd=tmp_path)
+    trained = _run("--config_file", bundle / "configs/train.yaml", "--datalist_file", dl, "--output_dir",
+                   tmp_path / "run", "--final_model", out / "model.pt", "--adapter_path", out / "adapter.pt",
+                   "--max_epochs", 2, "--lr_decay_epoch", 1, "--slice_interval", 4, "--precision", "fp32",
+                   "--num_threads", 1, *fast, cwd=tmp_path)
+    # before saving, the copies the policy never picks on the training scans' slices went back to frozen
+    assert "slices of the training scans the policy runs the fine-tuned copies of" in trained.stdout + trained.stderr
     tuned = torch.load(out / "model.pt", weights_only=True)
     source = torch.load(bundle / "models/source_model.pt", weights_only=True)
     parts = split_state(tuned)
@@ -256,3 +259,61 @@ def test_policy_recorder_counts_what_policy_usage_counts():
     assert recorder.usage() == expected and 0.0 < expected.mean < 1.0
     net(torch.rand(2, 1, 32, 32))  # detached: no longer counted
     assert recorder.usage().n_slices == 6
+
+
+# ---- keeping only the fine-tuned copies the policy uses --------------------------------------------------------
+
+def _trained_like(source: UNet2D) -> SpotTUNet:
+    """Every fine-tuned copy moved (as after training), the policy picking per block, some blocks never."""
+    net = _spottune(source)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if ".tuned." in name and value.is_floating_point():
+                value.add_(0.05 * torch.randn_like(value))
+        net.policy.head.weight.zero_()
+        logits = net.policy.head.bias.view(len(net.blocks), 2)
+        logits.copy_(torch.tensor([0.0, 1.0]))  # fine-tuned copies everywhere ...
+        logits[::3] = torch.tensor([1.0, 0.0])  # ... but in every third block
+    return net.eval()
+
+
+def test_dropping_unused_copies_keeps_the_outputs_and_shrinks_the_adapter(tmp_path):
+    from custom.adapters import save_adapter
+    from custom.spottune import DropUnusedCopies, unused_blocks
+
+    source = _source()
+    src_file = tmp_path / "source.pt"
+    torch.save(source.state_dict(), src_file)
+    net = _trained_like(source)
+    volumes = [torch.rand(1, 32, 40, 4), torch.rand(1, 32, 40, 3)]
+    before = [net(b).detach() for v in volumes for b in volume_slices(v)]
+    unused = net.blocks[::3]
+    full = save_adapter(net, src_file, tmp_path / "all.pt", "spottune")
+    usage = DropUnusedCopies(net, [{"image": v} for v in volumes], preprocessing=lambda entry: entry)()
+    assert usage.n_slices == 7 and unused_blocks(usage) == unused
+    # the policy picks the same copies as before on these slices: the network computes exactly the same
+    after = [net(b).detach() for v in volumes for b in volume_slices(v)]
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+    # a dropped block now computes the same with either copy; a kept one does not
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(net.set_policy("tuned", {unused[1]: 0})(x), net.set_policy("tuned")(x))
+    assert not torch.equal(net.set_policy("tuned", {net.blocks[1]: 0})(x), net.set_policy("tuned")(x))
+    net.set_policy("learned")
+    kept = save_adapter(net, src_file, tmp_path / "kept.pt", "spottune")
+    stored = torch.load(kept, weights_only=True)["state"]
+    # no parameter of a dropped copy is stored; every parameter of a kept, moved copy is
+    copies = {b: [t for m in net.children() if hasattr(m, "copies") for _, t in m.copies(net.blocks.index(b))]
+              for b in net.blocks}
+    params = {b: {id(p) for t in copies[b] for p in t.parameters()} for b in net.blocks}
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert not {names[i] for b in unused for i in params[b]} & set(stored)
+    assert {names[i] for b in net.blocks if b not in unused for i in params[b]} <= set(stored)
+    assert kept.stat().st_size < full.stat().st_size
+    rebuilt = apply_adapter(src_file, kept)
+    assert all(torch.equal(rebuilt[k], v) for k, v in net.state_dict().items())
+
+
+def test_reset_tuned_refuses_unknown_blocks():
+    with pytest.raises(ValueError, match="unknown block 'down9'"):
+        SpotTUNet().reset_tuned(["down9"])

@@ -57,6 +57,10 @@ class _SwitchedLayer(nn.Module):
         self.frozen = module.requires_grad_(False)
         self.tuned = copy.deepcopy(module).requires_grad_(True)
 
+    def copies(self, block: int) -> list[tuple[nn.Module, nn.Module]]:
+        """The ``(frozen, tuned)`` layer pairs of ``block`` here (none if it is not this layer's)."""
+        return [(self.frozen, self.tuned)] if block == self.block else []
+
     def forward(self, x: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         use = hard[:, self.block] > 0.5
         if not self.training and bool(use.all()):  # inference runs only the copies it uses
@@ -78,6 +82,11 @@ class _SwitchedSequence(nn.Module):
         self.shared: list[bool] = [not list(m.parameters()) and not list(m.buffers()) for m in module]
         self.frozen = module.requires_grad_(False)
         self.tuned = copy.deepcopy(module).requires_grad_(True)
+
+    def copies(self, block: int) -> list[tuple[nn.Module, nn.Module]]:
+        """The ``(frozen, tuned)`` layer pairs of ``block`` in this sequence (layers with parameters or buffers)."""
+        return [(self.frozen[j], self.tuned[j]) for j, k in enumerate(self.block_of)
+                if k == block and not self.shared[j]]
 
     def forward(self, x: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         j = 0
@@ -162,6 +171,24 @@ class SpotTUNet(nn.Module):
         hard = torch.where(forced, self.forced.view(1, -1).expand_as(hard).to(hard.dtype), hard)
         soft = torch.where(forced, torch.zeros_like(soft), soft)
         return hard, soft
+
+    # ---- the copies ---------------------------------------------------------------------------------------------
+    @torch.jit.unused
+    def reset_tuned(self, blocks: list[str]) -> "SpotTUNet":
+        """Make the fine-tuned copy of each of ``blocks`` equal to its frozen copy (parameters and BatchNorm
+        statistics): whichever copy the policy then picks, the block computes the same, and an adapter stores
+        nothing of that copy's parameters."""
+        for name in blocks:
+            if name not in self.blocks:
+                raise ValueError(f"unknown block {name!r}; blocks: {', '.join(self.blocks)}")
+            k = self.blocks.index(name)
+            for module in self.children():
+                pairs = module.copies(k) if isinstance(module, (_SwitchedLayer, _SwitchedSequence)) else []
+                for frozen, tuned in pairs:
+                    with torch.no_grad():
+                        for t, f in zip(tuned.state_dict().values(), frozen.state_dict().values(), strict=True):
+                            t.copy_(f)
+        return self
 
     @torch.jit.unused
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
