@@ -9,12 +9,13 @@ would take minutes per inference on a CPU):
 * one scan of the source scanner (``siemens_15``), where the source U-Net must find the brain;
 * a tiny crop for the concurrent requests.
 
-Only the served copies are touched. One copy is edited before the server starts, the first-layers bundle's
-``train.yaml``: MONAI Label 0.8.5 overrides only ``max_epochs`` (and the data, device and handlers) of a bundle, and
-passes nothing else from a train request to it (only the keys of a bundle's ``displayable_configs``, which these
-bundles do not have), so the paper's fine-tuning recipe (100 iterations of 32 crops of 256 x 256 per epoch) is
-shortened there to ``FAST_RECIPE``. A bundle whose repository folder has no ``models/model.pt`` yet gets a stand-in in
-its served copy (see ``_provide_weights``); with stand-in source weights only the geometry of its masks is checked.
+Only the served copies are touched. Two copies are edited before the server starts, the ``train.yaml`` of the
+first-layers and of the SpotTUnet bundle: MONAI Label 0.8.5 overrides only ``max_epochs`` (and the data, device and
+handlers) of a bundle, and passes nothing else from a train request to it (only the keys of a bundle's
+``displayable_configs``, which these bundles do not have), so the fine-tuning recipe (100 iterations of 32 crops of
+256 x 256 per epoch) is shortened there to ``FAST_RECIPE``. A bundle whose repository folder has no
+``models/model.pt`` yet gets a stand-in in its served copy (see ``_provide_weights``); with stand-in source weights
+only the geometry of its masks is checked.
 
 Runs in the MONAI Label environment (.venv-label/) through tests.label_server; skipped only when that environment
 has not been built.
@@ -40,6 +41,7 @@ from custom.adapters import apply_adapter
 from custom.checkpoints import atomic_save, load_state_dict, sha256
 from custom.freeze import STRATEGIES
 from custom.networks import UNet2D
+from custom.spottune import split_state
 from tests.corpus import corrupt_image
 from tests.label_server import ROOT, LabelServer, LabelServerError, label_python
 
@@ -196,7 +198,8 @@ def served(studies, tmp_path_factory):
     try:
         srv.prepare()
         stand_ins = _provide_weights(srv)
-        _shorten_recipe(srv.model_dir(FIRST) / "configs" / "train.yaml")
+        for name in (FIRST, SPOTTUNE):
+            _shorten_recipe(srv.model_dir(name) / "configs" / "train.yaml")
         srv.start()
         yield Served(srv, stand_ins)
     finally:
@@ -237,11 +240,11 @@ def _is_trainable(name: str) -> bool:
 PARAMETERS = [name for name, _ in UNet2D().named_parameters()]
 
 
-def _train(server: LabelServer) -> tuple[dict, str]:
-    """One training run of the first-layers bundle; returns the finished task and what the server logged meanwhile."""
+def _train(server: LabelServer, name: str = FIRST) -> tuple[dict, str]:
+    """One training run of bundle ``name``; returns the finished task and what the server logged meanwhile."""
     assert server.log_path is not None
     offset = server.log_path.stat().st_size
-    server.train(FIRST, **TRAIN_REQUEST)
+    server.train(name, **TRAIN_REQUEST)
     task = server.wait_train(timeout=TRAIN_TIMEOUT)
     with open(server.log_path, "rb") as f:
         f.seek(offset)
@@ -413,6 +416,29 @@ def test_second_training_continues_from_the_bundles_own_model(server, first_run)
     # the trainable layers moved on from where the first run left them
     assert any(not torch.equal(second[n], first[n]) for n in PARAMETERS if _is_trainable(n))
     assert sha256(source) == torch.load(folder / "adapter.pt", weights_only=True)["source_sha256"]
+
+
+def test_training_spottune_keeps_the_frozen_copies_writes_its_adapter_and_is_served_next(server, studies, first_run):
+    """``POST /train`` of the SpotTUnet bundle on the labels the first run uploaded: the whole network (both copies
+    and the policy) is written back, its frozen copies still hold the source's parameters, only the fine-tuned
+    copies the policy uses are kept, and the adapter rebuilds the served model bit for bit."""
+    folder = server.model_dir(SPOTTUNE) / "models"
+    model, adapter, source = folder / "model.pt", folder / "adapter.pt", folder / "source_model.pt"
+    before = sha256(model)
+    task, log = _train(server, SPOTTUNE)
+    assert task["status"] == "DONE", log[-2000:]
+    assert sha256(model) != before
+    state, source_state = load_state_dict(model), load_state_dict(source)
+    parts = split_state(state)
+    assert set(parts["frozen"]) == set(parts["tuned"]) == set(source_state) and parts["policy"]
+    assert all(torch.equal(parts["frozen"][name], source_state[name]) for name in PARAMETERS)
+    assert "slices of the training scans the policy runs the fine-tuned copies of" in log
+    saved = torch.load(adapter, map_location="cpu", weights_only=True)
+    assert saved["strategy"] == "spottune" and saved["source_sha256"] == sha256(source)
+    rebuilt = apply_adapter(source, adapter)
+    assert all(torch.equal(rebuilt[k], state[k]) for k in state)
+    study = studies.image(studies.heldout_id)
+    assert _check_geometry(server.infer(SPOTTUNE, studies.heldout_id, params=CPU), study).shape == nib.load(study).shape
 
 
 def test_concurrent_inference_requests(server, studies):
