@@ -47,6 +47,20 @@ def test_module_command_lines_refuse_unknown_options(module, args):
     assert result.returncode == 2 and result.stderr == "error: unknown option --bogus\n" and result.stdout == ""
 
 
+@pytest.mark.parametrize("script, args", [
+    ("prepare_colin27", ["--head", "ch2.nii.gz", "--brain", "ch2bet.nii.gz", "--output_dir", "{out}"]),
+    ("histogram_reference", ["--scans", ".", "--output", "{out}/reference.json"]),
+])
+def test_script_command_lines_refuse_unknown_options(script, args, tmp_path):
+    """Refused before anything runs: one line naming the option, exit 2, nothing written."""
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "scripts" / f"{script}.py"), *(a.format(out=out) for a in args)]
+    result = subprocess.run([*command, "--bogus", "1"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"{script}: error: unknown option --bogus\n"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("value, expected", [(True, True), ("false", False), ("YES", True), ("0", False)])
 def test_flag(value, expected):
     assert flag(value) is expected

@@ -31,12 +31,9 @@ def _cli(
     large_file_mb=LARGE_FILE_MB,
     overwrite=False,
     version=None,
-    **unknown,
 ) -> None:
     if unexpected:
         raise ExportError(f"unexpected argument {unexpected[0]!r} (options are --name value)")
-    if unknown:
-        raise ExportError(f"unknown option --{sorted(unknown)[0]}")
     out = export_bundle(bundle, output, adapter_only=adapter_only, weights=weights, adapter=adapter,
                         source_weights=source_weights, torchscript=torchscript, onnx=onnx, url_base=url_base,
                         large_file_mb=large_file_mb, overwrite=overwrite, version=version)
@@ -50,12 +47,14 @@ def main(argv: list[str] | None = None) -> None:
     """``export_bundle --bundle <folder> [--output <zip>] [...]``; bad input: one line on stderr, exit 2."""
     import fire
 
+    from custom.options import refuse_unknown_options
+
     args = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help") for a in args):  # every --option reaches _cli (so unknown ones are caught)
+    if any(a in ("-h", "--help") for a in args):  # the usage and export_bundle's documentation, not fire's help
         print(USAGE + "\n" + textwrap.dedent("    " + (export_bundle.__doc__ or "")))
         return
     try:
-        fire.Fire(_cli, command=args, name="export_bundle")
+        fire.Fire(_cli, command=refuse_unknown_options(_cli, args, "export_bundle: error: "), name="export_bundle")
     except ExportError as e:
         print(f"export_bundle: error: {e}", file=sys.stderr)
         sys.exit(2)
