@@ -139,7 +139,7 @@ def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out:
     reference_scans: tuple[str, ...] = ()
     if cell.kind == "train":
         config_files = [bundle_dir / "configs" / "train.yaml"]
-        paths["final_model"] = str(cell_dir / "model.pt")
+        paths["model_path"] = str(cell_dir / "model.pt")
         if is_finetuning(cell.role):
             n_scans, k = budget(cell.n_slices)
             source_model = str(out / "cells" / cell.deps[0] / "model.pt")
