@@ -21,7 +21,7 @@ import zipfile
 from gzip import BadGzipFile
 from pathlib import Path
 
-__all__ = ["RENAMED", "check_options", "default_bundle_root", "install", "user_error"]
+__all__ = ["RENAMED", "check_options", "default_bundle_root", "install", "renamed_option", "user_error"]
 
 # Options of `monai.bundle run` itself, not config ids.
 RUN_OPTIONS = {
@@ -36,6 +36,12 @@ RENAMED = {
     "final_model": ("model_path", "0.3.0"),
     "n_add_ids": ("n_target_scans", "0.3.0"),
 }
+
+
+def renamed_option(old: str) -> str:
+    """What an option of a renamed id (``RENAMED``) is told: its new name, and since which version."""
+    new, version = RENAMED[old]
+    return f"--{old} was renamed --{new} in {version}: use --{new}"
 
 
 def _own_error_types() -> tuple[type[BaseException], ...]:
@@ -169,9 +175,8 @@ def check_options(argv: list[str]) -> str | None:
         name = option.replace("::", "#").split("#")[0]
         if name in known:
             continue
-        new, version = RENAMED.get(name, (None, None))
-        if new in known:
-            return f"--{name} was renamed --{new} in {version}: use --{new}"
+        if name in RENAMED and RENAMED[name][0] in known:
+            return renamed_option(name)
         names = ", ".join(Path(f).name for f in files)
         return f"unknown option --{option}: no config in {names} defines it"
     return None

@@ -113,8 +113,8 @@ def cell_datalist(cell: Cell, scans: Sequence[Scan], profile: Profile) -> dict:
         return cell_datalist(Cell("eval", "baseline", cell.source, cell.target), scans, profile)
     if cell.role == "oracle":
         return oracle(scans, cell.source, cell.fold, n_folds=N_FOLDS, seed=seed)  # 2 validation scans, as dpipe
-    n_scans, k = budget(cell.n_slices)
-    dl = one2one(scans, cell.source, cell.target, n_scans, k, seed=seed)
+    n_target_scans, k = budget(cell.n_slices)
+    dl = one2one(scans, cell.source, cell.target, n_target_scans, k, seed=seed)
     return {**dl, "n_slices": cell.n_slices}
 
 
@@ -141,7 +141,7 @@ def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out:
         config_files = [bundle_dir / "configs" / "train.yaml"]
         paths["model_path"] = str(cell_dir / "model.pt")
         if is_finetuning(cell.role):
-            n_scans, k = budget(cell.n_slices)
+            _, k = budget(cell.n_slices)
             source_model = str(out / "cells" / cell.deps[0] / "model.pt")
             paths.update(adapter_path=str(cell_dir / "adapter.pt"), source_weights=source_model,
                          init_weights=source_model)
