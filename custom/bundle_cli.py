@@ -5,7 +5,8 @@ when the process IS the MONAI bundle command line, so MONAI Label, tests and lib
 things there:
 
 * an option that no config file defines (``--max_epoch 5`` for ``--max_epochs``) stops the run with a one-line
-  error, instead of becoming a silently ignored new config id;
+  error, instead of becoming a silently ignored new config id; an id a bundle version renamed (``RENAMED``) is
+  named with its new name;
 * a bad input (a corrupt or missing file, NaN voxels, an empty mask, a wrong adapter, an unknown strategy, ...)
   ends the run with one line naming the file and the problem (exit code 2) instead of a page of traceback; the
   engines' own error logs of that exception are silenced too. Set ``BUNDLE_TRACEBACK=1`` to see the traceback.
@@ -20,13 +21,27 @@ import zipfile
 from gzip import BadGzipFile
 from pathlib import Path
 
-__all__ = ["check_options", "default_bundle_root", "install", "user_error"]
+__all__ = ["RENAMED", "check_options", "default_bundle_root", "install", "renamed_option", "user_error"]
 
 # Options of `monai.bundle run` itself, not config ids.
 RUN_OPTIONS = {
     "config_file", "meta_file", "logging_file", "run_id", "init_id", "final_id", "tracking", "args_file",
     "workflow_type", "workflow_name", "properties_path",
 }
+
+# Config ids the bundles renamed: old id -> (new id, the bundle version that renamed it). An old option would only
+# add an id nothing reads, so it stops the run with one line naming the new id.
+RENAMED = {
+    "checkpoint_dir": ("epoch_checkpoint_dir", "0.3.0"),
+    "final_model": ("model_path", "0.3.0"),
+    "n_add_ids": ("n_target_scans", "0.3.0"),
+}
+
+
+def renamed_option(old: str) -> str:
+    """What an option of a renamed id (``RENAMED``) is told: its new name, and since which version."""
+    new, version = RENAMED[old]
+    return f"--{old} was renamed --{new} in {version}: use --{new}"
 
 
 def _own_error_types() -> tuple[type[BaseException], ...]:
@@ -149,16 +164,21 @@ def default_bundle_root() -> str:
 
 
 def check_options(argv: list[str]) -> str | None:
-    """The first ``--option`` of a ``monai.bundle run`` command line that no given config file defines."""
+    """The first ``--option`` of a ``monai.bundle run`` command line that no given config file defines: what is
+    wrong with it (a renamed id: its new name and since which version)."""
     options = [a[2:].split("=")[0] for a in argv if a.startswith("--")]
     files = _config_files(argv)
     if not files or not all(Path(f).is_file() for f in files):
         return None
     known = _config_ids(files) | RUN_OPTIONS
     for option in options:
-        if option.replace("::", "#").split("#")[0] not in known:
-            names = ", ".join(Path(f).name for f in files)
-            return f"unknown option --{option}: no config in {names} defines it"
+        name = option.replace("::", "#").split("#")[0]
+        if name in known:
+            continue
+        if name in RENAMED and RENAMED[name][0] in known:
+            return renamed_option(name)
+        names = ", ".join(Path(f).name for f in files)
+        return f"unknown option --{option}: no config in {names} defines it"
     return None
 
 

@@ -13,6 +13,7 @@ from monai.data import Dataset, PersistentDataset, load_decathlon_datalist
 from torch.utils.data import Dataset as TorchDataset
 
 from custom.cc359 import index_dataset
+from custom.options import renamed_keyword
 from custom.splits import candidate_slices, one2all, one2one
 from custom.transforms import InputError
 
@@ -75,9 +76,10 @@ def one2all_datalist(dataset_dir: str, source: str) -> dict:
     return one2all(index_dataset(dataset_dir), source)
 
 
-def one2one_datalist(dataset_dir: str, source: str, target: str, n_add_ids: int, slice_interval: int) -> dict:
-    """The paper's fine-tuning split: ``n_add_ids`` annotated ``target`` scans to train on, the rest to test."""
-    return one2one(index_dataset(dataset_dir), source, target, n_add_ids, slice_interval)
+@renamed_keyword("n_add_ids")
+def one2one_datalist(dataset_dir: str, source: str, target: str, n_target_scans: int, slice_interval: int) -> dict:
+    """The paper's fine-tuning split: ``n_target_scans`` annotated ``target`` scans to train on, the rest to test."""
+    return one2one(index_dataset(dataset_dir), source, target, n_target_scans, slice_interval)
 
 logger = logging.getLogger(__name__)
 

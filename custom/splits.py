@@ -1,7 +1,7 @@
 """Seeded, deterministic CC359 splits written as MONAI datalist JSON.
 
 A datalist is ``{"training": [...], "validation": [...], "test": [...]}`` plus informative top-level keys
-(``name``, ``source``, ``target``, ``seed``, ``n_add_ids``, ``slice_interval``, ...). Every entry is
+(``name``, ``source``, ``target``, ``seed``, ``n_target_scans``, ``slice_interval``, ...). Every entry is
 ``{"image": path, "label": path, "id": "CC0001", "domain": "siemens_15"}``; entries keep the id order.
 Read one part with ``monai.data.load_decathlon_datalist(path, data_list_key="training")``.
 
@@ -9,7 +9,8 @@ Which scans: the authors' algorithm (DART20 code). A domain's ids are put in the
 (``custom/resources/cc359_authors_order.csv``) when every one of them is a CC359 scan of that domain there, else in id
 order (other datasets, the demo data); the order the files are found in never matters. Then scikit-learn with
 ``random_state=0xBadCafe``: one2all holds out ``train_test_split(ids, test_size=n_val)[1]`` for validation; one2one
-annotates ``train_test_split(ids, test_size=n_add_ids)[1]`` and tests on the rest; the oracle folds are dpipe's
+annotates ``train_test_split(ids, test_size=n_target_scans)[1]`` (the authors' ``n_add_ids``) and tests on the rest;
+the oracle folds are dpipe's
 ``train_val_test_split(ids, val_size, n_splits)``: ``KFold(n_splits, shuffle=True)`` test folds, then a
 ``ShuffleSplit(test_size=val_size)`` of the rest for validation.
 
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from custom.cc359 import Scan, check_domain, index_dataset
+from custom.options import renamed_keyword
 
 __all__ = [
     "BUDGETS",
@@ -51,10 +53,10 @@ DEFAULT_SEED = 0xBADCAFE
 
 
 class Budget(NamedTuple):
-    """A fine-tuning data budget: `n_scans` annotated target scans, every `k`-th slice, ~`n_slices` slices."""
+    """A fine-tuning data budget: `n_target_scans` annotated target scans, every `k`-th slice, ~`n_slices` slices."""
 
     name: str
-    n_scans: int
+    n_target_scans: int
     k: int
     n_slices: int
 
@@ -74,10 +76,10 @@ BUDGETS: tuple[Budget, ...] = (
 
 
 def budget(n_slices: int) -> tuple[int, int]:
-    """``(n_scans, k)`` of the budget with this nominal slice count (5, 8, 12, 24, 45, 90, 270, 540, 800)."""
+    """``(n_target_scans, k)`` of the budget with this nominal slice count (5, 8, 12, 24, 45, 90, 270, 540, 800)."""
     for b in BUDGETS:
         if b.n_slices == n_slices:
-            return b.n_scans, b.k
+            return b.n_target_scans, b.k
     valid = ", ".join(str(b.n_slices) for b in BUDGETS)
     raise ValueError(f"no slice budget of {n_slices!r} slices; valid: {valid}")
 
@@ -185,38 +187,39 @@ def oracle(
     }
 
 
+@renamed_keyword("n_add_ids")
 def one2one(
     scans: Sequence[Scan],
     source: str,
     target: str,
-    n_add_ids: int,
+    n_target_scans: int,
     slice_interval: int = 1,
     seed: int = DEFAULT_SEED,
 ) -> dict:
-    """Fine-tuning pair: train on `n_add_ids` target scans, test on the rest of the target domain.
+    """Fine-tuning pair: train on `n_target_scans` annotated target scans, test on the rest of the target domain.
 
     The annotated scans depend on the target and the seed only (the same for every source): the authors'
-    ``train_test_split(ids, test_size=n_add_ids)``. No validation: the last epoch is kept.
-    `source` is recorded for the model to start from; `slice_interval` (k) for the slice sampler.
+    ``train_test_split(ids, test_size=n_add_ids)`` with their ``n_add_ids`` = `n_target_scans`. No validation: the
+    last epoch is kept. `source` is recorded for the model to start from; `slice_interval` (k) for the slice sampler.
     """
     check_domain(source)
     members = _domain_scans(scans, target)
     if source == target:
         raise ValueError(f"source and target are both {source}; one2one needs two different domains")
-    if not 1 <= n_add_ids <= len(members) - 1:
+    if not 1 <= n_target_scans <= len(members) - 1:
         raise ValueError(
-            f"n_add_ids={n_add_ids} must be in [1, {len(members) - 1}] for {len(members)} {target} scans"
+            f"n_target_scans={n_target_scans} must be in [1, {len(members) - 1}] for {len(members)} {target} scans"
             " (at least one scan must stay for testing)"
         )
     if slice_interval < 1:
         raise ValueError(f"slice_interval must be >= 1, got {slice_interval}")
-    test, annotated = _hold_out(members, n_add_ids, seed)
+    test, annotated = _hold_out(members, n_target_scans, seed)
     return {
-        "name": f"one2one_{source}_to_{target}_{n_add_ids}scan_k{slice_interval}",
+        "name": f"one2one_{source}_to_{target}_{n_target_scans}scan_k{slice_interval}",
         "source": source,
         "target": target,
         "seed": seed,
-        "n_add_ids": n_add_ids,
+        "n_target_scans": n_target_scans,
         "slice_interval": slice_interval,
         "training": _by_id(annotated),
         "validation": [],
@@ -283,28 +286,29 @@ def _oracle_command(
     print(_summary(datalist, write_datalist(datalist, out, relative=relative)))
 
 
+@renamed_keyword("n_add_ids")
 def _one2one_command(
     data_dir: str,
     out: str,
     source: str,
     target: str,
     n_slices: int | None = None,
-    n_add_ids: int | None = None,
+    n_target_scans: int | None = None,
     slice_interval: int | None = None,
     seed=DEFAULT_SEED,
     relative=False,
 ):
-    """Fine-tuning split SOURCE -> TARGET: N_SLICES (a budget) or N_ADD_IDS [+ SLICE_INTERVAL, default 1]."""
+    """Fine-tuning split SOURCE -> TARGET: N_SLICES (a budget) or N_TARGET_SCANS [+ SLICE_INTERVAL, default 1]."""
     check_domain(source)
     check_domain(target)
     if n_slices is not None:
-        if n_add_ids is not None or slice_interval is not None:
-            raise ValueError("give either --n_slices or --n_add_ids/--slice_interval, not both")
-        n_add_ids, slice_interval = budget(n_slices)
-    if n_add_ids is None:
-        raise ValueError("give --n_slices (one of the budgets) or --n_add_ids")
+        if n_target_scans is not None or slice_interval is not None:
+            raise ValueError("give either --n_slices or --n_target_scans/--slice_interval, not both")
+        n_target_scans, slice_interval = budget(n_slices)
+    if n_target_scans is None:
+        raise ValueError("give --n_slices (one of the budgets) or --n_target_scans")
     datalist = one2one(
-        index_dataset(data_dir), source, target, n_add_ids, slice_interval or 1, seed=_seed(seed)
+        index_dataset(data_dir), source, target, n_target_scans, slice_interval or 1, seed=_seed(seed)
     )
     print(_summary(datalist, write_datalist(datalist, out, relative=relative)))
 
@@ -313,7 +317,7 @@ def _budgets_command():
     """Print the slice budgets: name, scans, k, nominal slices."""
     print(f"{'setup':<6} {'scans':>5} {'k':>3} {'slices':>6}")
     for b in BUDGETS:
-        print(f"{b.name:<6} {b.n_scans:>5} {b.k:>3} {b.n_slices:>6}")
+        print(f"{b.name:<6} {b.n_target_scans:>5} {b.k:>3} {b.n_slices:>6}")
 
 
 COMMANDS = {

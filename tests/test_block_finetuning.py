@@ -48,7 +48,7 @@ def test_bundle_command_line_finetunes_a_comma_separated_list_of_blocks(tmp_path
     dl = datalist(data, tmp_path / "datalist.json")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs/train.yaml"),
-           "--datalist_file", str(dl), "--output_dir", str(out / "run"), "--final_model", str(out / "model.pt"),
+           "--datalist_file", str(dl), "--output_dir", str(out / "run"), "--model_path", str(out / "model.pt"),
            "--adapter_path", str(out / "adapter.pt"), "--strategy", "down1,down2", "--max_epochs", "1",
            "--lr_decay_epoch", "1", "--slice_interval", "4",
            "--iterations_per_epoch", str(FAST["iterations_per_epoch"]),

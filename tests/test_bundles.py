@@ -21,6 +21,7 @@ from tests.bundle_utils import (
     FINETUNE,
     SCHEMA,
     SOURCE,
+    SPOTTUNE,
     copy_bundle,
     datalist,
     run_workflow,
@@ -125,6 +126,15 @@ def test_all_bundles_build_identical_networks_and_preprocessing(data):
                 reference_state, reference_image = state, out
             assert state == reference_state, f"{bundle.name}/{config}"
             torch.testing.assert_close(out.as_tensor(), reference_image.as_tensor())
+
+
+@pytest.mark.parametrize("bundle", [*FINETUNE.values(), SPOTTUNE], ids=lambda b: b.name)
+def test_n_target_scans_is_the_budgets_scans_and_picks_the_training_scans(bundle, data):
+    assert _parsed(bundle, "train.yaml", "n_target_scans") == 1  # the default 24 slices: 1 scan, every 12th slice
+    assert _parsed(bundle, "train.yaml", "n_target_scans", n_slices=540) == 2
+    dl = _parsed(bundle, "train.yaml", "datalist", dataset_dir=str(data), n_target_scans=1, slice_interval=3)
+    assert len(dl["training"]) == 1 and {e["domain"] for e in dl["training"]} == {"ge_3"}
+    assert dl["slice_interval"] == 3
 
 
 @pytest.mark.parametrize("config, workflow_type", [("train.yaml", "train"), ("inference.yaml", "infer")])
@@ -255,7 +265,7 @@ def _finetune(strategy, trained_source, data, tmp_path, **extra):
     model, adapter = tmp_path / "ft" / "model.pt", tmp_path / "ft" / "adapter.pt"
     run_workflow([bundle / "configs/train.yaml"], bundle, "train", dataset_dir=str(data),
                  datalist_file=str(trained_source["datalist"]), output_dir=str(tmp_path / "run"),
-                 final_model=str(model), adapter_path=str(adapter), source_weights=str(trained_source["model"]),
+                 model_path=str(model), adapter_path=str(adapter), source_weights=str(trained_source["model"]),
                  init_weights=str(trained_source["model"]), max_epochs=1, lr_decay_epoch=1, slice_interval=4,
                  **{**FAST, **extra})
     return torch.load(model, weights_only=True), adapter
@@ -297,7 +307,7 @@ def test_finetuning_starts_from_the_source_weights_unless_told_otherwise(trained
         extra = {} if start is None else {"init_weights": str(start)}
         run_workflow([bundle / "configs/train.yaml"], bundle, "train", dataset_dir=str(data),
                      datalist_file=str(trained_source["datalist"]), output_dir=str(out),
-                     final_model=str(out / "model.pt"), adapter_path=str(out / "adapter.pt"),
+                     model_path=str(out / "model.pt"), adapter_path=str(out / "adapter.pt"),
                      source_weights=str(trained_source["model"]), max_epochs=1, lr_decay_epoch=1, slice_interval=4,
                      **FAST, **extra)
         tuned = torch.load(out / "model.pt", weights_only=True)
@@ -353,7 +363,7 @@ def test_multi_gpu_train_with_two_cpu_processes(trained_source, data, tmp_path):
            "-m", "monai.bundle", "run", "--config_file",
            str([str(bundle / "configs/train.yaml"), str(bundle / "configs/multi_gpu_train.yaml")]),
            "--dataset_dir", str(data), "--datalist_file", str(datalist_file), "--output_dir", str(out),
-           "--final_model", str(out / "model.pt"), "--adapter_path", str(out / "adapter.pt"),
+           "--model_path", str(out / "model.pt"), "--adapter_path", str(out / "adapter.pt"),
            "--source_weights", str(trained_source["model"]), "--init_weights", str(trained_source["model"]),
            "--max_epochs", "2", "--lr_decay_epoch", "1", "--slice_interval", "4", "--iterations_per_epoch", "4",
            "--batch_size", "2", "--spacing", "[4.0,3.8,3.8]", "--roi_size", "[32,32]", "--val_interval", "1",

@@ -29,7 +29,7 @@ def test_compile_option_trains_and_infers_with_plain_weight_names(tmp_path):
     datalist.write_text(json.dumps({"training": [entry(pairs[0])], "validation": [entry(pairs[1])]}))
     model = tmp_path / "model.pt"
     train = run_workflow([bundle / "configs/train.yaml"], bundle, "train", datalist_file=str(datalist),
-                         output_dir=str(tmp_path / "run"), final_model=str(model), compile=True, max_epochs=1,
+                         output_dir=str(tmp_path / "run"), model_path=str(model), compile=True, max_epochs=1,
                          val_interval=1, iterations_per_epoch=1, batch_size=2, roi_size=[32, 32],
                          spacing=list(SPACING), precision="fp32", num_threads=1)
     trainer = train.parser.get_parsed_content("train#trainer")

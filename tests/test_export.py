@@ -227,6 +227,22 @@ def test_zip_layout_and_weight_hashes(repo, name, tmp_path):
     assert "custom_weights.verified" in inference["model_path"]
 
 
+@pytest.mark.parametrize("adapter_only", [False, True])
+def test_exported_training_keeps_model_path_as_where_it_writes(adapter_only):
+    """train.yaml's model_path names the weights training WRITES (inference.yaml's, those it reads): the export checks
+    and replaces only the read ones."""
+    from custom.packaging.configs import export_config, load_config
+
+    configs = FINETUNE["first"] / "configs"
+    train = export_config("train.yaml", load_config(configs / "train.yaml"), adapter_only, finetune=True)
+    assert train["model_path"] == "$@ckpt_dir + '/model.pt'"
+    (saver,) = [h for h in train["train"]["handlers"] if h["_target_"].endswith("FinalModelSaver")]
+    assert saver["path"] == "@model_path"
+    assert "custom_weights.verified" in train["source_weights"]
+    inference = export_config("inference.yaml", load_config(configs / "inference.yaml"), adapter_only, finetune=True)
+    assert ("model_path" not in inference) if adapter_only else ("custom_weights.verified" in inference["model_path"])
+
+
 def test_code_modules_are_what_the_configs_use_never_the_packaging_code():
     from custom.packaging import code_modules
 

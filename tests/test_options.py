@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from custom.options import flag, refuse_unknown_options, unknown_option
+from custom.options import flag, refuse_unknown_options, renamed_keyword, unknown_option
 from tests.bundle_utils import ROOT
 
 
@@ -59,6 +59,22 @@ def test_script_command_lines_refuse_unknown_options(script, args, tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"{script}: error: unknown option --bogus\n"
     assert not out.exists()
+
+
+@renamed_keyword("n_add_ids")
+def renamed(data_dir: str, n_target_scans: int = 1) -> int:
+    """A stand-in function whose keyword was renamed."""
+    return n_target_scans
+
+
+def test_a_renamed_keyword_still_works_with_a_warning_and_its_option_names_the_new_one():
+    assert renamed("x", n_target_scans=2) == 2
+    with pytest.warns(DeprecationWarning, match="renamed\\(\\): n_add_ids was renamed n_target_scans in 0.3.0"):
+        assert renamed("x", n_add_ids=3) == 3
+    assert unknown_option(renamed, ["--n_target_scans", "2"]) is None
+    assert unknown_option(renamed, ["--n_add_ids", "2"]) == (
+        "--n_add_ids was renamed --n_target_scans in 0.3.0: use --n_target_scans")
+    assert unknown_option(renamed, ["--n_add_id", "2"]) == "unknown option --n_add_id"
 
 
 @pytest.mark.parametrize("value, expected", [(True, True), ("false", False), ("YES", True), ("0", False)])

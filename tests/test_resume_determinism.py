@@ -36,7 +36,7 @@ def _command(setup, out, *extra):
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", str(setup["bundle"] / "configs" / "train.yaml"),
         "--dataset_dir", str(setup["data"]), "--datalist_file", str(setup["datalist"]),
-        "--output_dir", str(out), "--final_model", str(out / "model.pt"),
+        "--output_dir", str(out), "--model_path", str(out / "model.pt"), "--epoch_checkpoint_dir", str(out / "epochs"),
         "--max_epochs", str(EPOCHS), "--lr_decay_epoch", "3", "--iterations_per_epoch", "6", "--batch_size", "4",
         "--spacing", str(FAST["spacing"]).replace(" ", ""), "--roi_size", "[32,32]", *extra,
     ]
@@ -56,7 +56,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(setup):
     proc = subprocess.Popen(_command(setup, interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
-    while latest(interrupted / "checkpoints") is None or "epoch=2" not in latest(interrupted / "checkpoints"):
+    while latest(interrupted / "epochs") is None or "epoch=2" not in latest(interrupted / "epochs"):
         assert proc.poll() is None, "training ended before it could be interrupted"
         assert time.time() < deadline
         time.sleep(0.05)

@@ -85,11 +85,11 @@ PROTOCOL_BUDGETS = [
 
 def test_budgets_match_protocol():
     assert [tuple(b) for b in BUDGETS] == PROTOCOL_BUDGETS
-    assert [(b.name, b.n_scans, b.k, b.n_slices) for b in BUDGETS] == PROTOCOL_BUDGETS
-    for _, n_scans, k, n_slices in PROTOCOL_BUDGETS:
-        assert budget(n_slices) == (n_scans, k)
+    assert [(b.name, b.n_target_scans, b.k, b.n_slices) for b in BUDGETS] == PROTOCOL_BUDGETS
+    for _, n_target_scans, k, n_slices in PROTOCOL_BUDGETS:
+        assert budget(n_slices) == (n_target_scans, k)
         # The nominal count is what ~270 resampled slices give: within 15 %.
-        assert abs(n_scans * len(candidate_slices(270, k)) - n_slices) <= 0.15 * n_slices
+        assert abs(n_target_scans * len(candidate_slices(270, k)) - n_slices) <= 0.15 * n_slices
 
 
 @pytest.mark.parametrize("bad", [0, 7, 100, 801])
@@ -195,7 +195,7 @@ def test_oracle_deterministic_and_errors(scans):
 def test_one2one_same_target_scans_for_every_source(scans):
     for target in DOMAINS:
         chosen = {
-            tuple(ids(one2one(scans, source, target, n_add_ids=1)["training"]))
+            tuple(ids(one2one(scans, source, target, n_target_scans=1)["training"]))
             for source in DOMAINS
             if source != target
         }
@@ -204,16 +204,16 @@ def test_one2one_same_target_scans_for_every_source(scans):
 
 @pytest.mark.parametrize("n_slices", [b.n_slices for b in BUDGETS])
 def test_one2one_composition(scans, n_slices):
-    n_add_ids, k = budget(n_slices)
-    dl = one2one(scans, "siemens_15", "philips_15", n_add_ids, k)
+    n_target_scans, k = budget(n_slices)
+    dl = one2one(scans, "siemens_15", "philips_15", n_target_scans, k)
     train, test = set(ids(dl["training"])), set(ids(dl["test"]))
-    assert len(train) == n_add_ids and not train & test
+    assert len(train) == n_target_scans and not train & test
     assert train | test == domain_ids(scans, "philips_15")
     assert dl["validation"] == []
-    assert (dl["source"], dl["target"], dl["n_add_ids"], dl["slice_interval"], dl["seed"]) == (
+    assert (dl["source"], dl["target"], dl["n_target_scans"], dl["slice_interval"], dl["seed"]) == (
         "siemens_15",
         "philips_15",
-        n_add_ids,
+        n_target_scans,
         k,
         DEFAULT_SEED,
     )
@@ -227,13 +227,21 @@ def test_one2one_deterministic(scans):
     assert any(p != picks[2] for p in other_seed)
 
 
+def test_one2one_takes_the_old_keyword_with_a_deprecation_warning(scans):
+    with pytest.warns(DeprecationWarning, match="one2one\\(\\): n_add_ids was renamed n_target_scans in 0.3.0"):
+        old = one2one(scans, "ge_3", "siemens_3", n_add_ids=2)
+    assert old == one2one(scans, "ge_3", "siemens_3", n_target_scans=2)
+    with pytest.raises(TypeError, match="both n_add_ids and n_target_scans"):
+        one2one(scans, "ge_3", "siemens_3", n_add_ids=2, n_target_scans=2)
+
+
 def test_one2one_errors(scans):
-    with pytest.raises(ValueError, match=r"n_add_ids=60 must be in \[1, 59\]"):
+    with pytest.raises(ValueError, match=r"n_target_scans=60 must be in \[1, 59\]"):
         one2one(scans, "ge_3", "siemens_3", 60)
-    with pytest.raises(ValueError, match=r"n_add_ids=59 must be in \[1, 58\]"):
+    with pytest.raises(ValueError, match=r"n_target_scans=59 must be in \[1, 58\]"):
         one2one(scans, "ge_3", "philips_15", 59)
     one2one(scans, "ge_3", "philips_15", 58)
-    with pytest.raises(ValueError, match="n_add_ids=0"):
+    with pytest.raises(ValueError, match="n_target_scans=0"):
         one2one(scans, "ge_3", "siemens_3", 0)
     with pytest.raises(ValueError, match="two different domains"):
         one2one(scans, "ge_3", "ge_3", 1)
@@ -332,7 +340,7 @@ def test_cli_writes_datalists(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     stored = json.loads((out / "o2o.json").read_text())
-    assert (stored["n_add_ids"], stored["slice_interval"], len(stored["training"]), len(stored["test"])) == (
+    assert (stored["n_target_scans"], stored["slice_interval"], len(stored["training"]), len(stored["test"])) == (
         2,
         1,
         2,
@@ -341,10 +349,10 @@ def test_cli_writes_datalists(tmp_path):
     assert "o2o.json" in result.stdout
 
     result = run_cli("one2one", data, out / "o2o_k.json", "--source", "ge_3", "--target", "philips_3",
-                     "--n_add_ids", 1, "--slice_interval", 48, "--seed", 7)  # fmt: skip
+                     "--n_target_scans", 1, "--slice_interval", 48, "--seed", 7)  # fmt: skip
     assert result.returncode == 0, result.stderr
     stored = json.loads((out / "o2o_k.json").read_text())
-    assert (stored["n_add_ids"], stored["slice_interval"], stored["seed"]) == (1, 48, 7)
+    assert (stored["n_target_scans"], stored["slice_interval"], stored["seed"]) == (1, 48, 7)
 
 
 @pytest.mark.parametrize(
@@ -364,8 +372,12 @@ def test_cli_writes_datalists(tmp_path):
             "valid: 5, 8",
         ),
         (
-            ("one2one", "{data}", "{out}", "--source", "ge_3", "--target", "ge_15", "--n_add_ids", 5),
-            "n_add_ids=5",
+            ("one2one", "{data}", "{out}", "--source", "ge_3", "--target", "ge_15", "--n_target_scans", 5),
+            "n_target_scans=5",
+        ),
+        (
+            ("one2one", "{data}", "{out}", "--source", "ge_3", "--target", "ge_15", "--n_add_ids", 1),
+            "error: --n_add_ids was renamed --n_target_scans in 0.3.0: use --n_target_scans\n",
         ),
         (("one2all", "{nowhere}", "{out}", "--source", "ge_3"), "does not exist"),
     ],

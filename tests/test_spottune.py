@@ -197,7 +197,7 @@ def test_bundle_trains_evaluates_and_infers(data, tmp_path):
     out = tmp_path / "ft"
     fast = [a for k, v in FAST.items() for a in (f"--{k}", str(v).replace(" ", ""))]
     trained = _run("--config_file", bundle / "configs/train.yaml", "--datalist_file", dl, "--output_dir",
-                   tmp_path / "run", "--final_model", out / "model.pt", "--adapter_path", out / "adapter.pt",
+                   tmp_path / "run", "--model_path", out / "model.pt", "--adapter_path", out / "adapter.pt",
                    "--max_epochs", 2, "--lr_decay_epoch", 1, "--slice_interval", 4, "--precision", "fp32",
                    "--num_threads", 1, *fast, cwd=tmp_path)
     # before saving, the copies the policy never picks on the training scans' slices went back to frozen

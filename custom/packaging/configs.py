@@ -130,6 +130,11 @@ def _adapter_network(name: str, config: dict) -> dict:
     return config
 
 
+def _is_training(config: dict) -> bool:
+    """A training config (train.yaml: it has a ``train`` section), which writes ``model_path`` instead of reading it."""
+    return isinstance(config.get("train"), dict)
+
+
 def _verify_first(config: dict) -> dict:
     """Inference checks every weight file first, right after turning on the one-line errors."""
     check = f"$@{WEIGHTS_ID}.verify_bundle(@bundle_root)"
@@ -150,6 +155,8 @@ def export_config(name: str, config: dict, adapter_only: bool, finetune: bool) -
         config = _load_code(config)
     if finetune and "source_weights" in config:
         config["source_weights"] = _verified_expr(SOURCE)
+    if _is_training(config):  # its model_path is where the trained weights go: nothing to check or replace
+        return config
     if "model_path" in config:
         config["model_path"] = _verified_expr(MODEL)
     if adapter_only:

@@ -18,7 +18,9 @@ A cell runs its bundle in-process through ``monai.bundle.ConfigWorkflow`` with c
 (recorded in ``done.json``), so the bundles stay the single definition of training and evaluation. A cell is
 identified by a fingerprint of its settings and its scans: a rerun skips finished cells, restarts unfinished ones
 (training resumes from its last epoch checkpoint when the settings are unchanged) and refuses an output folder
-whose finished cells were made with other settings.
+whose finished cells were made with other settings. The fingerprint holds no absolute path (files in the data or
+output folder count by their path there, shipped weights by their sha256): moving the checkout, the data or the
+output folder keeps every finished cell.
 
 Modules, in the order a run uses them: ``profiles``, ``grid``, ``selection``, ``spec``, ``plan``, ``cell``,
 ``executors``, ``records``, ``results`` (with ``stats``), ``report``, ``figures``, ``manifest``, ``run``, and

@@ -261,7 +261,7 @@ class _EpochLosses:
 def _use_shipped(spec: CellSpec, started: str) -> dict:
     """A source-training cell the profile replaces by shipped weights: copy them in and mark the cell done."""
     cell_dir, shipped = Path(spec.cell_dir), spec.settings["shipped_weights"]
-    target = Path(spec.paths["final_model"])
+    target = Path(spec.paths["model_path"])
     from custom.checkpoints import atomic_write, sha256
 
     atomic_write(target, lambda tmp: shutil.copyfile(shipped, tmp))
@@ -282,7 +282,7 @@ def _use_shipped(spec: CellSpec, started: str) -> dict:
 def _check_outputs(spec: CellSpec) -> dict:
     paths = spec.paths
     if spec.cell.kind == "train":
-        model = Path(paths["final_model"])
+        model = Path(paths["model_path"])
         if not model.is_file():
             raise RuntimeError(f"{spec.cell.id}: training finished without writing {model}")
         out = {"model": model.name}

@@ -2,7 +2,9 @@
 
 A spec is decided by the plan before anything is written and handed to ``custom.reproduction.cell.run_cell``, in
 this process, a spawned worker or a Ray task (it pickles). The fingerprint covers the cell, its bundle and
-configs, its settings and its scans: a finished cell counts only for the spec that made it.
+configs, its settings and its scans: a finished cell counts only for the spec that made it. It holds no absolute
+path: files in the data or output folder count by their path there, other files (shipped weights) by their
+sha256, so a moved checkout, data or output folder keeps every finished cell.
 """
 
 from __future__ import annotations
@@ -93,6 +95,22 @@ def _file_sha256(path: str) -> str:
     return sha256(path)
 
 
+def _portable(value, roots: dict[str, Path]):
+    """``value`` as the fingerprint sees it: an absolute path inside one of ``roots`` as ``<root>/<relative
+    path>``, any other existing file as ``sha256:<its content's hash>``; lists and dicts item by item."""
+    if isinstance(value, dict):
+        return {k: _portable(v, roots) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v, roots) for v in value]
+    if not (isinstance(value, str) and Path(value).is_absolute()):
+        return value
+    path = Path(value)
+    for name, root in sorted(roots.items(), key=lambda item: -len(item[1].parts)):  # the innermost root first
+        if path.is_relative_to(root):
+            return f"<{name}>/{path.relative_to(root).as_posix()}"
+    return f"sha256:{_file_sha256(value)}" if path.is_file() else value
+
+
 def _ids(datalist: dict) -> dict:
     return {part: [e["id"] for e in datalist.get(part, [])] for part in ("training", "validation", "test")}
 
@@ -113,8 +131,8 @@ def cell_datalist(cell: Cell, scans: Sequence[Scan], profile: Profile) -> dict:
         return cell_datalist(Cell("eval", "baseline", cell.source, cell.target), scans, profile)
     if cell.role == "oracle":
         return oracle(scans, cell.source, cell.fold, n_folds=N_FOLDS, seed=seed)  # 2 validation scans, as dpipe
-    n_scans, k = budget(cell.n_slices)
-    dl = one2one(scans, cell.source, cell.target, n_scans, k, seed=seed)
+    n_target_scans, k = budget(cell.n_slices)
+    dl = one2one(scans, cell.source, cell.target, n_target_scans, k, seed=seed)
     return {**dl, "n_slices": cell.n_slices}
 
 
@@ -139,9 +157,9 @@ def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out:
     reference_scans: tuple[str, ...] = ()
     if cell.kind == "train":
         config_files = [bundle_dir / "configs" / "train.yaml"]
-        paths["final_model"] = str(cell_dir / "model.pt")
+        paths["model_path"] = str(cell_dir / "model.pt")
         if is_finetuning(cell.role):
-            n_scans, k = budget(cell.n_slices)
+            _, k = budget(cell.n_slices)
             source_model = str(out / "cells" / cell.deps[0] / "model.pt")
             paths.update(adapter_path=str(cell_dir / "adapter.pt"), source_weights=source_model,
                          init_weights=source_model)
@@ -163,8 +181,9 @@ def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out:
             paths["histogram_reference"] = str(cell_dir / HISTOGRAM_REFERENCE)
     if shipped:  # the shipped weights stand in for this training: they, not the settings, define the cell
         settings = {"shipped_weights": shipped, "sha256": _file_sha256(shipped)}
+    portable = _portable(settings, {"dataset_dir": data_dir, "output_dir": out})
     fingerprint = _sha({"cell": cell.id, "bundle": bundle_dir.name, "configs": [f.name for f in config_files],
-                        "settings": settings, "scans": _ids(datalist), "split_seed": profile.split_seed})
+                        "settings": portable, "scans": _ids(datalist), "split_seed": profile.split_seed})
     return CellSpec(
         cell=cell,
         bundle=bundle_dir.name,

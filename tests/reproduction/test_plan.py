@@ -43,7 +43,7 @@ def test_plan_writes_nothing_and_fixes_each_cells_overrides(tiny_data, tmp_path)
 
 
 def test_plan_rejects_impossible_splits(tiny_data, tmp_path):
-    with pytest.raises(UsageError, match="n_add_ids"):
+    with pytest.raises(UsageError, match="n_target_scans"):
         plan(TINY, tiny_data, tmp_path / "out", budgets=(540,))  # 2 annotated scans of a 2-scan domain
     with pytest.raises(UsageError, match="does not exist"):
         plan(TINY, tmp_path / "nowhere", tmp_path / "out")
