@@ -18,7 +18,8 @@ from ignite.engine import Engine, Events
 from custom.checkpoints import atomic_save, atomic_write_text, latest
 
 __all__ = [
-    "BroadcastBuffers", "CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "PerScanCSV", "SetEpoch",
+    "BroadcastBuffers", "CommitOnCompletion", "EpochCheckpoint", "FinalModelSaver", "GlobalRngState", "PerScanCSV",
+    "SetEpoch",
     "VolumeProgress", "provenance_path", "provenance_record", "resume",
 ]
 
@@ -132,6 +133,23 @@ class EpochCheckpoint:
         for old in [*self.folder.glob("checkpoint_epoch=*.pt"), *self.folder.glob(".checkpoint_epoch=*")]:
             if old != path:
                 old.unlink(missing_ok=True)  # older epochs, and temporary files of a killed save
+
+
+class GlobalRngState:
+    """torch's global random generators (CPU and every CUDA device) as a checkpoint object: with it in
+    ``EpochCheckpoint``'s objects a resumed run draws the same random numbers as an uninterrupted one (the
+    SpotTUnet policy's Gumbel noise comes from them)."""
+
+    def state_dict(self) -> dict:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resume(trainer: Engine, folder: str, objects: dict, enabled: bool = True) -> str | None:

@@ -317,3 +317,30 @@ def test_dropping_unused_copies_keeps_the_outputs_and_shrinks_the_adapter(tmp_pa
 def test_reset_tuned_refuses_unknown_blocks():
     with pytest.raises(ValueError, match="unknown block 'down9'"):
         SpotTUNet().reset_tuned(["down9"])
+
+
+@pytest.mark.slow
+def test_resumed_training_equals_an_uninterrupted_one(data, tmp_path):
+    """Epoch checkpoints carry torch's random generators: after --resume the policy draws the same Gumbel noise."""
+    import json
+
+    bundle = copy_bundle(SPOTTUNE, tmp_path)
+    dl = datalist(data, tmp_path / "dl.json", train_domain="ge_3", test_domain="ge_3")
+    content = json.loads(dl.read_text())
+    content["validation"] = []
+    dl.write_text(json.dumps(content))
+
+    def train(out, epochs, *extra):
+        return _run("--config_file", bundle / "configs/train.yaml", "--datalist_file", dl, "--output_dir", out,
+                    "--model_path", out / "model.pt", "--adapter_path", out / "adapter.pt", "--max_epochs", epochs,
+                    "--lr_decay_epoch", 2, "--iterations_per_epoch", 3, "--batch_size", 4, "--slice_interval", 4,
+                    "--spacing", "[4.0,3.8,3.8]", "--roi_size", "[32,32]", "--precision", "fp32",
+                    "--num_threads", 1, *extra, cwd=tmp_path)
+
+    train(tmp_path / "whole", 3)
+    train(tmp_path / "split", 2)
+    (tmp_path / "split/model.pt").unlink()
+    resumed = train(tmp_path / "split", 3, "--resume", "true")
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    a, b = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("whole", "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
