@@ -4,6 +4,7 @@ Gumbel-softmax is reproducible, and the bundle trains, evaluates and infers thro
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 
@@ -344,3 +345,30 @@ def test_resumed_training_equals_an_uninterrupted_one(data, tmp_path):
     assert "resuming from" in resumed.stdout + resumed.stderr
     a, b = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("whole", "split"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_with_two_cpu_processes(data, tmp_path):
+    """multi_gpu_train.yaml through torchrun (two gloo processes): the policy trains through DistributedDataParallel,
+    both processes drop the same copies, one model and an adapter that rebuilds it are written."""
+    bundle = copy_bundle(SPOTTUNE, tmp_path)
+    dl = datalist(data, tmp_path / "dl.json", train_domain="ge_3", test_domain="ge_3")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "monai.bundle", "run", "--config_file",
+           str([str(bundle / "configs/train.yaml"), str(bundle / "configs/multi_gpu_train.yaml")]),
+           "--datalist_file", str(dl), "--output_dir", str(out), "--model_path", str(out / "model.pt"),
+           "--adapter_path", str(out / "adapter.pt"), "--max_epochs", "2", "--lr_decay_epoch", "1",
+           "--slice_interval", "4", "--iterations_per_epoch", "4", "--batch_size", "2", "--spacing", "[4.0,3.8,3.8]",
+           "--roi_size", "[32,32]", "--val_interval", "1", "--precision", "fp32", "--num_threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    dropped = re.findall(r"the other (\d+) are reset to the frozen copies \(([^)]*)\)", log)
+    assert len(dropped) == 2 and dropped[0] == dropped[1]  # each process, the same blocks
+    tuned = torch.load(out / "model.pt", weights_only=True)
+    source = torch.load(bundle / "models/source_model.pt", weights_only=True)
+    params = {n for n, _ in UNet2D().named_parameters()}
+    assert all(torch.equal(split_state(tuned)["frozen"][k], source[k]) for k in params)
+    rebuilt = apply_adapter(bundle / "models/source_model.pt", out / "adapter.pt")
+    assert all(torch.equal(rebuilt[k], tuned[k]) for k in tuned)
