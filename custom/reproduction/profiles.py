@@ -135,7 +135,8 @@ REMAINING_DIFFERENCES = (
     "(MONAI's transforms are what the bundles invert at inference)",
     "the authors cache preprocessed images as float16 (about 3 significant digits) before training; the bundles "
     "keep float32",
-    "the learning-rate step follows the dpipe of 2020 (its Schedule multiplies when epoch 80, 0-based, ends); "
+    "the learning-rate step follows the dpipe commit the authors pinned (5c08d57: its Schedule multiplies when "
+    "epoch 80, 0-based, ends); "
     "later dpipe releases (0.5.0) multiply when that epoch starts, i.e. after 80 epochs: `--profile paper` uses "
     "81 and 16 epochs at the initial rate",
 )
