@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import Dataset, PersistentDataset, load_decathlon_datalist
+from monai.data.utils import pickle_hashing
 from torch.utils.data import Dataset as TorchDataset
 
 from custom.cc359 import index_dataset
@@ -18,8 +19,8 @@ from custom.splits import candidate_slices, one2all, one2one
 from custom.transforms import InputError
 
 __all__ = [
-    "CROP_MODES", "SliceDataset", "crop_or_pad", "load_datalist", "one2all_datalist", "one2one_datalist",
-    "validation_sampler",
+    "CROP_MODES", "SliceDataset", "crop_or_pad", "file_state_hash", "load_datalist", "one2all_datalist",
+    "one2one_datalist", "preprocessed_dataset", "validation_sampler",
 ]
 
 DATALIST_KEYS = ("training", "validation", "test")
@@ -87,6 +88,32 @@ logger = logging.getLogger(__name__)
 CROP_MODES = ("random", "centre_if_small")
 
 
+def file_state_hash(item: dict) -> bytes:
+    """A datalist entry's cache key: its values, and the size and modification time of every file it names, so a
+    file replaced in place is preprocessed again."""
+    state = {}
+    for key, value in sorted(item.items(), key=lambda kv: str(kv[0])):
+        path = Path(value) if isinstance(value, str) and value else None
+        if path is not None and path.is_file():
+            stat = path.stat()
+            value = (value, stat.st_size, stat.st_mtime_ns)
+        state[str(key)] = value
+    return pickle_hashing(state)
+
+
+def preprocessed_dataset(data: Sequence[dict], transform: Callable, cache_dir: str | None = None) -> Dataset:
+    """``data`` through ``transform``; with ``cache_dir``, each result is kept there (``monai.data.PersistentDataset``)
+    and reused while the entry, its files' size and time and the deterministic transforms are the same.
+
+    The cached volumes keep their metadata and applied operations (the predictions are inverted with them), which
+    ``torch.load`` reads only as full pickles: use a cache folder only this project writes.
+    """
+    if not cache_dir:
+        return Dataset(data, transform)
+    return PersistentDataset(data, transform, cache_dir=cache_dir, hash_func=file_state_hash,
+                             hash_transform=pickle_hashing, track_meta=True, weights_only=False)
+
+
 def crop_or_pad(
     image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator, mode: str = "random"
 ):
@@ -138,7 +165,7 @@ class SliceDataset(TorchDataset):
         roi_size: crop size (the paper: 256 x 256).
         crop_mode: ``"random"`` or ``"centre_if_small"`` (the paper's code), see `crop_or_pad`.
         samples_per_epoch: iterations x batch size.
-        cache_dir: keep preprocessed volumes on disk across runs (``monai.data.PersistentDataset``).
+        cache_dir: keep preprocessed volumes on disk across runs (`preprocessed_dataset`).
     """
 
     def __init__(
@@ -163,7 +190,7 @@ class SliceDataset(TorchDataset):
             raise ValueError(f"SliceDataset: slice_interval must be >= 1, got {slice_interval}")
         self.roi_size, self.samples_per_epoch = tuple(roi_size), int(samples_per_epoch)
         self.seed, self.epoch = int(seed), 0
-        volumes = PersistentDataset(data, transform, cache_dir) if cache_dir else Dataset(data, transform)
+        volumes = preprocessed_dataset(data, transform, cache_dir)
         self.images: list[np.ndarray] = []  # per scan: (n_candidates, 1, H, W) float32
         self.labels: list[np.ndarray] = []  # per scan: (n_candidates, 1, H, W) uint8
         for item in volumes:

@@ -215,6 +215,29 @@ def test_evaluate_workflow_writes_per_scan_metrics(trained_source, data, tmp_pat
     assert len(list(out.glob("*_brainmask.nii.gz"))) == 2
 
 
+def test_evaluate_with_a_preprocessing_cache_gives_the_same_metrics_and_masks(trained_source, data, tmp_path):
+    """--cache_dir: the first run fills it, the second reads it; both equal a run without it."""
+    bundle = trained_source["bundle"]
+    files = [bundle / "configs/inference.yaml", bundle / "configs/evaluate.yaml"]
+    common = {"datalist_file": str(trained_source["datalist"]), "datalist_key": "test", "spacing": FAST["spacing"],
+              "save_masks": True}
+    cache = tmp_path / "cache"
+    runs = {}
+    for name, extra in (("plain", {}), ("filling", {"cache_dir": str(cache)}), ("reading", {"cache_dir": str(cache)})):
+        run_workflow(files, bundle, "infer", output_dir=str(tmp_path / name), **common, **extra)
+        runs[name] = tmp_path / name
+        if name == "filling":
+            stamps = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.pt")}
+            assert len(stamps) == 2  # the two test scans
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.pt")} == stamps  # read, not written again
+    metrics = {name: (out / "metrics.csv").read_text() for name, out in runs.items()}
+    assert metrics["filling"] == metrics["plain"] and metrics["reading"] == metrics["plain"]
+    for mask in sorted(runs["plain"].glob("*_brainmask.nii.gz")):
+        expected = np.asarray(nib.load(mask).dataobj)
+        for name in ("filling", "reading"):
+            np.testing.assert_array_equal(np.asarray(nib.load(runs[name] / mask.name).dataobj), expected)
+
+
 def test_evaluate_masks_of_equal_file_names_do_not_clash(trained_source, data, tmp_path):
     """Two scans named alike in different folders: --save_masks mirrors their folders instead of overwriting."""
     bundle = trained_source["bundle"]

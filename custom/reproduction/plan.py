@@ -70,8 +70,12 @@ def plan(
     shard=None,
     bundles_dir=None,
     sweep: bool = False,
+    cache_preprocessing: bool = True,
 ) -> Plan:
-    """Validate everything and decide every cell's datalist and overrides; raises UsageError, writes nothing."""
+    """Validate everything and decide every cell's datalist and overrides; raises UsageError, writes nothing.
+
+    ``cache_preprocessing``: evaluation cells keep each preprocessed test scan in ``<output_dir>/cache/`` for the
+    next cell that evaluates it."""
     sel = resolve_selection(profile, sources, targets, strategies, budgets, sweep)
     prof = sel.profile
     shard = parse_shard(shard)
@@ -99,7 +103,7 @@ def plan(
             datalist = cell_datalist(cell, scans, prof)
         except ValueError as e:
             raise UsageError(f"{cell.id}: {e}") from None
-        specs[cell.id] = cell_spec(cell, datalist, prof, data_dir, out, bundles)
+        specs[cell.id] = cell_spec(cell, datalist, prof, data_dir, out, bundles, cache_preprocessing)
     p = Plan(prof, data_dir, out, bundles, grid, specs, sel, bool(with_oracle), shard, scans)
     conflicts = []
     for cell in grid:

@@ -33,6 +33,7 @@ STRATEGY_BUNDLES = {
 }
 SWEEP_BUNDLE = "brain_extraction_full"  # a block or upto_<block> strategy: the full bundle with --strategy
 HISTOGRAM_REFERENCE = "histogram_reference.json"  # a histmatch cell's source-domain reference, in its folder
+PREPROCESSING_CACHE = "cache/preprocessed"  # in the output folder: evaluated scans, preprocessed once for all cells
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,11 @@ def _meta_file(bundle_dir: Path) -> Path:
     return own if own.is_file() else bundle_dir.parent / SOURCE_BUNDLE / "configs" / "metadata.json"
 
 
-def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out: Path, bundles: Path) -> CellSpec:
-    """The spec of ``cell`` with ``datalist``, run under ``profile`` on ``data_dir`` into ``out``."""
+def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out: Path, bundles: Path,
+              cache_preprocessing: bool = True) -> CellSpec:
+    """The spec of ``cell`` with ``datalist``, run under ``profile`` on ``data_dir`` into ``out``; an evaluation
+    reuses the preprocessed scans of ``out/cache/preprocessed`` when ``cache_preprocessing`` (a path, not a setting:
+    the fingerprint ignores it, the results are the same)."""
     cell_dir = out / "cells" / cell.id
     bundle_dir = bundles / _bundle(cell)
     paths = {"bundle_root": str(bundle_dir), "dataset_dir": str(data_dir),
@@ -173,6 +177,8 @@ def cell_spec(cell: Cell, datalist: dict, profile: Profile, data_dir: Path, out:
         config_files = [bundle_dir / "configs" / "inference.yaml", bundle_dir / "configs" / "evaluate.yaml"]
         paths.update(model_path=str(out / "cells" / cell.train_id / "model.pt"),
                      metrics_csv=str(cell_dir / "metrics.csv"))
+        if cache_preprocessing:
+            paths["cache_dir"] = str(out / PREPROCESSING_CACHE)
         settings = {**profile_overrides(profile, "evaluate"), "datalist_key": "test"}
         if cell.role == "adabn":  # the target's scans, unlabeled: only their images are read for the statistics
             settings["adapt_bn_on"] = [e["image"] for e in datalist["test"]]

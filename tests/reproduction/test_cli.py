@@ -35,6 +35,7 @@ def cli(*args, cwd=None):
         (["--workers", "0"], "--workers"),
         (["--profile", "paper", "--devices", "0,1"], "--devices needs --workers"),
         (["--devices", "a"], "malformed --devices"),
+        (["--cache_preprocessing", "maybe"], "--cache_preprocessing must be true or false"),
         (["--profile", "paper"], "does not exist"),
         (["--profil", "paper"], "unknown option --profil"),  # refused before the demo default could run
     ],

@@ -63,3 +63,17 @@ def test_other_weights_content_changes_the_fingerprint(tiny_data, tmp_path):
     b = _plan(_make_place(tmp_path / "b", tiny_data, b"other weights"))
     assert a.specs[BASELINE].fingerprint != b.specs[BASELINE].fingerprint
     assert a.specs[BASELINE].settings["sha256"] != b.specs[BASELINE].settings["sha256"]
+
+
+def test_evaluations_share_one_preprocessing_cache_that_the_fingerprint_ignores(tiny_data, tmp_path):
+    root = _make_place(tmp_path / "a", tiny_data, b"weights")
+    cached = _plan(root)
+    profile = replace(TINY, strategies=("first", "adabn"),
+                      source_models={"siemens_15": str(root / "checkout" / "custom" / "resources" / "source.pt")})
+    uncached = plan(profile, root / "data", root / "out", bundles_dir=root / "checkout" / "bundles",
+                    cache_preprocessing=False)
+    for cell_id, spec in cached.specs.items():
+        expected = str(root / "out" / "cache" / "preprocessed") if spec.cell.kind == "eval" else None
+        assert spec.paths.get("cache_dir") == expected, cell_id
+        assert "cache_dir" not in uncached.specs[cell_id].paths
+    assert _fingerprints(cached) == _fingerprints(uncached)  # the same results either way
