@@ -20,8 +20,8 @@ class SliceBatchInferer(Inferer):
     windows, padding or blending), in channels-last memory layout (faster on CPU and GPU).
 
     On CPU a pass takes at most ``cpu_pixels`` pixels (never fewer than one slice): a CPU core runs a pass whose
-    activations stay in its caches much faster, e.g. two 256 x 256 slices per pass infer a head 2.5x faster than 32
-    (``brain-extraction-benchmark``). Per-slice outputs do not depend on how the slices are batched (the network is
+    activations stay in its caches much faster, e.g. two 256 x 256 slices per pass infer a head about 2x faster than
+    32 (``brain-extraction-benchmark``). Per-slice outputs do not depend on how the slices are batched (the network is
     in eval mode). ``cpu_pixels=None``: ``batch_size`` slices on every device.
     """
 
