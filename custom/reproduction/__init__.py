@@ -22,6 +22,10 @@ whose finished cells were made with other settings. The fingerprint holds no abs
 output folder count by their path there, shipped weights by their sha256): moving the checkout, the data or the
 output folder keeps every finished cell.
 
+The evaluation cells share ``<output_dir>/cache/preprocessed``: each test scan preprocessed once, reused by every
+cell that evaluates it (``custom.data.preprocessed_dataset``; ``--cache_preprocessing false`` turns it off). It is
+a path, not a setting: the fingerprints and the results are the same with or without it.
+
 Modules, in the order a run uses them: ``profiles``, ``grid``, ``selection``, ``spec``, ``plan``, ``cell``,
 ``executors``, ``records``, ``results`` (with ``stats``), ``report``, ``figures``, ``manifest``, ``run``, and
 ``cli`` (the ``brain-extraction-reproduce`` command). Nothing here imports torch or MONAI at module level: worker
