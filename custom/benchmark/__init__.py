@@ -21,7 +21,8 @@ device, versions, date and settings):
 * inference: seconds per preprocessed 1 mm head volume (176 x 256 x 256) with the bundle's ``SliceBatchInferer``
   (from ``inference.yaml``): CPU fp32 with contiguous vs channels_last slices, and the bundle's own inference path
   (``inference.yaml``'s network and ``AutocastInferer`` at ``--precision auto``: bf16 autocast on CPUs with AMX or
-  AVX512-BF16, fp32 elsewhere) against fp32 channels_last, the three alternating in one run; on CUDA fp32 vs bf16
+  AVX512-BF16, fp32 elsewhere) against fp32 channels_last, and against itself with ``batch_size`` slices per pass
+  instead of the CPU pixel budget (``cpu_pixels``), the four alternating in one run; on CUDA fp32 vs bf16
   autocast + channels_last.
 * surface Dice: ``custom.metrics.surface_dice`` against DeepMind's ``surface_distance`` on a brain-like mask and a
   perturbed copy (same size, 1 mm and anisotropic voxels), values checked equal (|diff| < 1e-6); on CUDA also the

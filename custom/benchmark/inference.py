@@ -15,13 +15,15 @@ from custom.benchmark.timing import alternate, cudnn_flags, log, median
 __all__ = ["bench_inference"]
 
 
-def _bundle_inference(precision: str, device: torch.device) -> tuple[torch.nn.Module, Callable, str]:
+def _bundle_inference(precision: str, device: torch.device, **slices) -> tuple[torch.nn.Module, Callable, str]:
     """The source bundle's own inference network and inferer (``inference.yaml``) at ``--precision precision``:
-    shipped weights, channels_last, ``AutocastInferer`` around the ``SliceBatchInferer``; and the precision it ran."""
+    shipped weights, channels_last, ``AutocastInferer`` around the ``SliceBatchInferer`` (``slices`` overrides its
+    arguments); and the precision it ran."""
     from custom.precision import name
 
     parser = source_config("inference")
-    parser.update({"bundle_root": str(SOURCE_BUNDLE), "device": f"$torch.device('{device}')", "precision": precision})
+    parser.update({"bundle_root": str(SOURCE_BUNDLE), "device": f"$torch.device('{device}')", "precision": precision,
+                   **{f"inferer#inferer#{k}": v for k, v in slices.items()}})
     parser.parse(reset=True)
     parser.get_parsed_content("imports")
     network = parser.get_parsed_content("network").eval()
@@ -47,8 +49,8 @@ def bench_inference(s: Settings) -> dict:
 
         return infer
 
-    def bundle_runner(device: torch.device, precision: str) -> tuple[Callable[[], object], str]:
-        net, inferer, ran = _bundle_inference(precision, device)
+    def bundle_runner(device: torch.device, precision: str, **slices) -> tuple[Callable[[], object], str]:
+        net, inferer, ran = _bundle_inference(precision, device, **slices)
         x = volume.to(device)
 
         def infer():
@@ -61,18 +63,22 @@ def bench_inference(s: Settings) -> dict:
     flags = {"deterministic": True, "benchmark": False}
     shape = "x".join(map(str, s.volume_shape))
     out: dict = {"volume_shape": list(s.volume_shape), "slice_batch_size": int(slice_cfg["batch_size"]),
-                 "cudnn": flags}
+                 "cpu_pixels_per_pass": slice_cfg.get("cpu_pixels"), "cudnn": flags}
     log(f"inference: {s.repeats} x one {shape} volume per variant on cpu, after 1 warm-up volume")
     cpu = torch.device("cpu")
     auto, auto_ran = bundle_runner(cpu, "auto")
+    auto_batch, _ = bundle_runner(cpu, "auto", cpu_pixels=None)  # batch_size slices per pass, as on GPU
     times = alternate({"fp32_contiguous": runner(cpu, False, False), "fp32_channels_last": runner(cpu, True, False),
-                       "bundle_auto": auto}, replace(s, device="cpu"), 1, 1)
+                       "bundle_auto": auto, "bundle_auto_batch_size": auto_batch}, replace(s, device="cpu"), 1, 1)
     out["cpu"] = {name: {"seconds": median(t)} for name, t in times.items()}
     out["cpu"]["bundle_auto"]["precision"] = auto_ran  # what --precision auto chose on this CPU
     out["cpu"]["speedup_channels_last"] = out["cpu"]["fp32_contiguous"]["seconds"] / \
         out["cpu"]["fp32_channels_last"]["seconds"]
     # the same run, alternating: the bundle's default path against fp32 channels_last
     out["cpu"]["speedup_auto_over_fp32_channels_last"] = out["cpu"]["fp32_channels_last"]["seconds"] / \
+        out["cpu"]["bundle_auto"]["seconds"]
+    # the same run: the CPU pixel budget per forward pass against batch_size slices per pass
+    out["cpu"]["speedup_pixel_budget_over_batch_size"] = out["cpu"]["bundle_auto_batch_size"]["seconds"] / \
         out["cpu"]["bundle_auto"]["seconds"]
     if s.device == "cuda":
         log(f"inference: {s.repeats} x one {shape} volume per variant on cuda")

@@ -63,6 +63,14 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
             (sec, "ratio: cpu fp32 channels_last / --precision auto time (speedup)",
              f"{inf['cpu']['speedup_auto_over_fp32_channels_last']:.2f}"),
         ]
+    if "bundle_auto_batch_size" in inf["cpu"]:  # saved runs of earlier versions lack it
+        n, px = inf["slice_batch_size"], inf["cpu_pixels_per_pass"]
+        rows += [
+            (sec, f"cpu --precision auto, {n} slices per pass (cpu_pixels=None)",
+             _seconds(inf["cpu"]["bundle_auto_batch_size"]["seconds"])),
+            (sec, f"ratio: cpu {n} slices / at most {px:,} pixels per pass time (speedup)",
+             f"{inf['cpu']['speedup_pixel_budget_over_batch_size']:.2f}"),
+        ]
     if "cuda" in inf:
         rows += [
             (sec, "cuda fp32, contiguous slices", _seconds(inf["cuda"]["fp32_contiguous"]["seconds"])),

@@ -13,6 +13,7 @@ RATIO_ROWS = (
     "ratio: bundle loop / bare step",
     "ratio: cpu contiguous / channels_last time",
     "ratio: cpu fp32 channels_last / --precision auto time",
+    "ratio: cpu 32 slices / at most 131,072 pixels per pass time",
     "ratio: DeepMind / custom cpu time",
     "ratio: first / full step time",
     "ratio: last / full step time",
@@ -61,6 +62,7 @@ def test_the_documented_runs_render_to_the_tables_they_recorded(path):
     assert "\\|diff\\|" in render_markdown(results)  # the pipes of the equality rows escaped
     # runs saved before the --precision auto rows existed still render, without them
     assert any("--precision auto" in row[1] for row in rows) == ("bundle_auto" in results["inference"]["cpu"])
+    assert any("pixels per pass" in row[1] for row in rows) == ("bundle_auto_batch_size" in results["inference"]["cpu"])
 
 
 def test_saved_documented_runs_exist():

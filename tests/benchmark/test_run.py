@@ -38,6 +38,10 @@ def _check_results(results: dict, device: str) -> None:
     assert positive(auto["seconds"]) and auto["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert inf["cpu"]["speedup_auto_over_fp32_channels_last"] == pytest.approx(
         inf["cpu"]["fp32_channels_last"]["seconds"] / auto["seconds"])
+    # ... and against batch_size slices per pass (no CPU pixel budget), in the same run
+    assert inf["cpu_pixels_per_pass"] == 2**17 and inf["slice_batch_size"] == 32
+    assert inf["cpu"]["speedup_pixel_budget_over_batch_size"] == pytest.approx(
+        inf["cpu"]["bundle_auto_batch_size"]["seconds"] / auto["seconds"])
 
     sd = results["surface_dice"]
     assert sd["equal"] is True
