@@ -110,6 +110,8 @@ def preprocessed_dataset(data: Sequence[dict], transform: Callable, cache_dir: s
     """
     if not cache_dir:
         return Dataset(data, transform)
+    if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise InputError(f"{cache_dir}: the preprocessing cache must be a folder, this is a file")
     return PersistentDataset(data, transform, cache_dir=cache_dir, hash_func=file_state_hash,
                              hash_transform=pickle_hashing, track_meta=True, weights_only=False)
 

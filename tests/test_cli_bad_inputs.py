@@ -160,6 +160,11 @@ def _inference_cases(root: Path) -> list[Case]:
     (inputs / "a_good.nii.gz").unlink()
     cases.append(Case("empty_folder", folder, ["--dataset_dir", str(inputs)], str(inputs), "no NIfTI"))
 
+    folder, inputs = case("cache_is_a_file")
+    (folder / "cache").write_text("not a folder")
+    cases.append(Case("cache_is_a_file", folder, ["--dataset_dir", str(inputs), "--cache_dir", str(folder / "cache")],
+                      str(folder / "cache"), "must be a folder"))
+
     folder, inputs = case("unknown_option")
     cases.append(Case("unknown_option", folder, ["--dataset_dir", str(inputs), "--save_strippd", "true"],
                       "inference.yaml", "unknown option --save_strippd"))

@@ -7,11 +7,12 @@ import os
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from monai.data import MetaTensor
 
 from custom.data import file_state_hash, preprocessed_dataset
-from custom.transforms import preprocessing
+from custom.transforms import InputError, preprocessing
 
 
 def _scan(folder, name="head.nii.gz"):
@@ -65,3 +66,11 @@ def test_without_a_cache_folder_nothing_is_written(tmp_path):
     before = set(tmp_path.rglob("*"))
     item = preprocessed_dataset([entry], preprocessing(spacing=(3.0, 3.0, 3.0)), "")[0]
     assert isinstance(item["image"], MetaTensor) and set(tmp_path.rglob("*")) == before
+
+
+def test_a_file_for_a_cache_folder_is_refused_in_one_line(tmp_path):
+    entry, cache = _scan(tmp_path), tmp_path / "cache"
+    cache.write_text("not a folder")
+    with pytest.raises(InputError, match=r"cache: the preprocessing cache must be a folder"):
+        preprocessed_dataset([entry], preprocessing(), str(cache))
+    assert cache.read_text() == "not a folder"
