@@ -62,8 +62,9 @@ def bench_inference(s: Settings) -> dict:
     # the bundle's `initialize` (set_determinism) sets the cuDNN flags the bundle infers with
     flags = {"deterministic": True, "benchmark": False}
     shape = "x".join(map(str, s.volume_shape))
-    out: dict = {"volume_shape": list(s.volume_shape), "slice_batch_size": int(slice_cfg["batch_size"]),
-                 "cpu_pixels_per_pass": slice_cfg.get("cpu_pixels"), "cudnn": flags}
+    slicer = instantiate(slice_cfg)  # its defaults included
+    out: dict = {"volume_shape": list(s.volume_shape), "slice_batch_size": slicer.batch_size,
+                 "cpu_pixels_per_pass": slicer.cpu_pixels, "cudnn": flags}
     log(f"inference: {s.repeats} x one {shape} volume per variant on cpu, after 1 warm-up volume")
     cpu = torch.device("cpu")
     auto, auto_ran = bundle_runner(cpu, "auto")
